@@ -1,0 +1,3 @@
+from minichat_host.cli import main
+
+raise SystemExit(main())

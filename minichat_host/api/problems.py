@@ -1,0 +1,230 @@
+"""RFC 9457 problem+json: every error the host answers, framework errors included, carries a `code`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from minichat_host.db.engine import is_unavailable_error
+from minichat_host.domain.errors import DomainError
+
+log = logging.getLogger("minichat.api")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+T = TypeVar("T")
+
+
+class ValidationViolation(msgspec.Struct, omit_defaults=True):
+    field: str
+    message: str
+    code: str | None = None
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    trace_id: str | None = None
+    errors: list[ValidationViolation] | None = None
+    quota_scope: str | None = None
+
+
+class ProblemError(Exception):
+    """Raised by handlers to answer with a problem; nothing after it runs."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[ValidationViolation] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or code
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+# Codes for errors aiohttp raises itself (unknown route, wrong method, body too large...).
+_FRAMEWORK_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+_encoder = msgspec.json.Encoder()
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[ValidationViolation] | None = None,
+    headers: dict[str, str] | None = None,
+    trace_id: str | None = None,
+    quota_scope: str | None = None,
+) -> web.Response:
+    body = Problem(
+        type="about:blank",
+        title=title or code,
+        status=status,
+        detail=detail,
+        code=code,
+        trace_id=trace_id,
+        errors=errors,
+        quota_scope=quota_scope,
+    )
+    return web.Response(
+        status=status,
+        body=_encoder.encode(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+REQUEST_ID_KEY = "minichat.request_id"
+
+
+def _trace_id(request: web.Request) -> str | None:
+    value = request.get(REQUEST_ID_KEY)
+    return value if isinstance(value, str) else None
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    trace_id = _trace_id(request)
+    try:
+        return await handler(request)
+    except ProblemError as exc:
+        return problem_response(
+            exc.status,
+            exc.code,
+            exc.detail,
+            title=exc.title,
+            errors=exc.errors,
+            headers=exc.headers,
+            trace_id=trace_id,
+            quota_scope=exc.extra.get("quota_scope"),
+        )
+    except DomainError as exc:
+        return problem_response(
+            exc.status,
+            exc.code,
+            exc.detail,
+            title=exc.title,
+            trace_id=trace_id,
+            quota_scope=(exc.extra or {}).get("quota_scope"),
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _FRAMEWORK_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return problem_response(
+            exc.status, code, detail, title=exc.reason, headers=headers, trace_id=trace_id
+        )
+    except (ConnectionResetError, web.HTTPClientError):
+        raise
+    except Exception as exc:
+        if is_unavailable_error(exc):
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            return problem_response(
+                503,
+                "service_unavailable",
+                "The database is unavailable; try again shortly.",
+                headers={"Retry-After": "1"},
+                trace_id=trace_id,
+            )
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(
+            500, "internal_error", "An internal error occurred.", title="Internal Error", trace_id=trace_id
+        )
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+# --- request parsing helpers -----------------------------------------------------------------------
+def _is_json_content_type(request: web.Request) -> bool:
+    ctype = request.content_type
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
+
+
+async def read_json(request: web.Request, struct: type[T], *, allow_empty: bool = False) -> T:
+    """Decode the request body into `struct`: 415 wrong content type, 400 bad JSON, 422 wrong shape."""
+    raw = await request.read()
+    if not raw and allow_empty:
+        raw = b"{}"
+    elif not _is_json_content_type(request):
+        raise ProblemError(415, "unsupported_media_type", "Expected Content-Type: application/json")
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ProblemError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+    try:
+        return msgspec.convert(data, struct)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in message else "$"
+        raise ProblemError(
+            422,
+            "validation_error",
+            message,
+            title="Validation Error",
+            errors=[ValidationViolation(field=field, message=message.split(" - at ")[0])],
+        ) from None
+
+
+def path_uuid(request: web.Request, name: str) -> uuid.UUID:
+    """A UUID path parameter, or 400 `invalid_uuid`."""
+    raw = request.match_info.get(name, "")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ProblemError(400, "invalid_uuid", f"Path parameter '{name}' is not a valid UUID") from None
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=_encoder.encode(data), content_type="application/json", headers=headers
+    )

@@ -1,0 +1,47 @@
+"""`minichat serve`: run migrations, start the host, stop gracefully on SIGTERM/SIGINT (exit 0)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from aiohttp import web
+
+from minichat_host.app import create_app
+from minichat_host.auth import check_bind_allowed
+from minichat_host.config import load_config
+from minichat_host.logs import configure_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.host:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    configure_logging(config.server.log_level, config.server.log_format)
+    check_bind_allowed(config)
+    try:
+        import uvloop  # optional speed-up, used when installed
+
+        uvloop.install()
+    except ImportError:
+        pass
+    app = create_app(config)
+    # run_app turns SIGTERM/SIGINT into a graceful exit: stop accepting, let in-flight requests finish.
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        shutdown_timeout=config.server.shutdown_timeout_seconds,
+        access_log=None,
+        print=lambda msg: print(msg, flush=True),
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser("serve", help="run the HTTP service")
+    parser.add_argument("--host", help="bind address (overrides server.host)")
+    parser.add_argument("--port", type=int, help="port (overrides server.port)")
+    parser.set_defaults(func=_serve)

@@ -1,0 +1,1 @@
+"""Plugin host: hookspecs, the manager (entry points, vendor resolution, timeouts) and built-in plugins."""

@@ -1,0 +1,109 @@
+"""Shared fixtures: databases on SQLite and on a real PostgreSQL server started for the test run.
+
+- `pg_server` (session): base URL of the PostgreSQL server (see tests/pg.py; `MINICHAT_TEST_PG_URL` overrides).
+  Started lazily, so a run that only touches SQLite never starts PostgreSQL.
+- `engine_name`: "sqlite" / "postgresql"; any test using a fixture below that depends on it runs on both.
+- `db_url`: a fresh, empty database. `migrated_db_url`: a fresh database at the head revision.
+- `database`: a connected `databases.Database` on `migrated_db_url`.
+- `sqlite_db_url` / `sqlite_migrated_db_url`: the SQLite-only variants.
+
+A migrated database is a copy of a template migrated once per session (a file copy on SQLite,
+`CREATE DATABASE ... TEMPLATE` on PostgreSQL): the same schema as running `aupgrade` in every test, faster.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import databases
+import pytest
+
+from minichat_host.db import migrate
+from minichat_host.db.engine import connect_database
+import pg
+
+ENGINES = ("sqlite", "postgresql")
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path.resolve()}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    with pg.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def sqlite_db_url(tmp_path: Path) -> str:
+    return sqlite_url(tmp_path / "minichat.db")
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    migrate.upgrade(sqlite_url(path))
+    return path
+
+
+@pytest.fixture
+def sqlite_migrated_db_url(tmp_path: Path, _sqlite_template: Path) -> str:
+    target = tmp_path / "minichat.db"
+    shutil.copyfile(_sqlite_template, target)
+    return sqlite_url(target)
+
+
+@pytest.fixture(scope="session")
+def _pg_template(pg_server: str) -> Iterator[str]:
+    name = pg.new_database_name("template")
+    url = pg.create_database(pg_server, name)
+    try:
+        migrate.upgrade(url)
+        yield name
+    finally:
+        pg.drop_database(pg_server, name)
+
+
+def _pg_database(request: pytest.FixtureRequest, *, migrated: bool) -> Iterator[str]:
+    base = request.getfixturevalue("pg_server")
+    template = request.getfixturevalue("_pg_template") if migrated else None
+    name = pg.new_database_name()
+    url = pg.create_database(base, name, template=template)
+    try:
+        yield url
+    finally:
+        pg.drop_database(base, name)
+
+
+@pytest.fixture
+def db_url(engine_name: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    if engine_name == "sqlite":
+        yield request.getfixturevalue("sqlite_db_url")
+        return
+    yield from _pg_database(request, migrated=False)
+
+
+@pytest.fixture
+def migrated_db_url(engine_name: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    if engine_name == "sqlite":
+        yield request.getfixturevalue("sqlite_migrated_db_url")
+        return
+    yield from _pg_database(request, migrated=True)
+
+
+@pytest.fixture
+async def database(migrated_db_url: str) -> AsyncIterator[databases.Database]:
+    db = await connect_database(migrated_db_url)
+    try:
+        yield db
+    finally:
+        await db.disconnect()
