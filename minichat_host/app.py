@@ -6,25 +6,36 @@ and providers together.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import databases
 from aiohttp import web
 
 from minichat_host.api import health
 from minichat_host.api.problems import problem_middleware, request_id_middleware
+from minichat_host.api.routes import register_all
+from minichat_host.api.services import CHAT_SERVICES_KEY, build_chat_services
+from minichat_host.api.turns import TURN_SERVICE_KEY
 from minichat_host.auth import Authenticator, auth_middleware
 from minichat_host.config import Config
-from minichat_host.db.engine import connect_database
+from minichat_host.db.engine import connect_database, dialect_name
 from minichat_host.db.migrate import aupgrade
+from minichat_host.domain.turns import TurnService
+from minichat_host.domain.watchdog import OrphanWatchdog
+from minichat_host.outbox import Outbox, SchedulerAlreadyRunning
+from minichat_host.outbox.routing import register_plugin_queues
 from minichat_host.plugins.manager import PluginHost
+from minichat_host.providers.base import ProviderRegistry
 
 log = logging.getLogger("minichat.app")
 
 CONFIG_KEY = web.AppKey("config", Config)
 DATABASE_KEY = web.AppKey("database", databases.Database)
 PLUGINS_KEY = web.AppKey("plugins", PluginHost)
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+PROVIDERS_KEY = web.AppKey("providers", ProviderRegistry)
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -47,7 +58,10 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         await database.disconnect()
 
 
-def _plugins_ctx(extra_plugins: Sequence[tuple[str, object]], load_entry_points: bool) -> web.CleanupContext:
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _plugins_ctx(extra_plugins: Sequence[tuple[str, object]], load_entry_points: bool) -> CleanupContext:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         host = PluginHost(app[CONFIG_KEY], load_entry_points=load_entry_points, extra_plugins=extra_plugins)
         await host.start()
@@ -58,6 +72,73 @@ def _plugins_ctx(extra_plugins: Sequence[tuple[str, object]], load_entry_points:
             await host.aclose()
 
     return ctx
+
+
+async def _chat_services_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[CHAT_SERVICES_KEY] = build_chat_services(app[CONFIG_KEY], app[DATABASE_KEY], app[PLUGINS_KEY])
+    yield
+
+
+async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The outbox with the usage and audit queues routed to the plugins; its scheduler runs in-process."""
+    config = app[CONFIG_KEY]
+    outbox = Outbox(app[DATABASE_KEY], config.outbox, dialect=dialect_name(config.database_url()))
+    register_plugin_queues(outbox, app[PLUGINS_KEY], config)
+    started = False
+    if config.outbox.enabled:
+        try:
+            await outbox.start()
+            started = True
+        except SchedulerAlreadyRunning as exc:
+            # SQLite: another process (or app) on this file delivers; this one only enqueues.
+            log.error("%s", exc)
+    if not started:
+        await outbox.ensure_queues()
+    app[OUTBOX_KEY] = outbox
+    try:
+        yield
+    finally:
+        await outbox.stop()
+
+
+async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = ProviderRegistry(app[CONFIG_KEY].providers)
+    app[PROVIDERS_KEY] = registry
+    try:
+        yield
+    finally:
+        await registry.aclose()
+
+
+async def _turns_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Streamed turns and the orphan watchdog; on shutdown live turns are finalized `cancelled`."""
+    config = app[CONFIG_KEY]
+    service = TurnService(
+        database=app[DATABASE_KEY],
+        outbox=app[OUTBOX_KEY],
+        policy=app[CHAT_SERVICES_KEY].catalog,
+        providers=app[PROVIDERS_KEY],
+        config=config,
+    )
+    app[TURN_SERVICE_KEY] = service
+    watchdog_task: asyncio.Task[None] | None = None
+    if config.orphan_watchdog.enabled:
+        watchdog = OrphanWatchdog(
+            database=app[DATABASE_KEY],
+            outbox=app[OUTBOX_KEY],
+            policy=app[CHAT_SERVICES_KEY].catalog,
+            finalizer=service.finalizer,
+            config=config,
+            clock=service.clock,
+        )
+        watchdog_task = asyncio.create_task(watchdog.run(), name="orphan-watchdog")
+    try:
+        yield
+    finally:
+        if watchdog_task is not None:
+            watchdog_task.cancel()
+            await asyncio.gather(watchdog_task, return_exceptions=True)
+        await service.aclose()
 
 
 def create_app(
@@ -79,4 +160,9 @@ def create_app(
     health.register(app, prefix)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_plugins_ctx(extra_plugins, load_entry_points))
+    register_all(app, prefix)
+    app.cleanup_ctx.append(_chat_services_ctx)
+    app.cleanup_ctx.append(_outbox_ctx)
+    app.cleanup_ctx.append(_providers_ctx)
+    app.cleanup_ctx.append(_turns_ctx)
     return app

@@ -1,11 +1,11 @@
 """Shared fixtures: databases on SQLite and on a real PostgreSQL server started for the test run.
 
-- `pg_server` (session): base URL of the PostgreSQL server (see tests/pg.py; `MINICHAT_TEST_PG_URL` overrides).
+- `pg_server` (session): base URL of the PostgreSQL server (tests/pg.py; `MINICHAT_TEST_PG_URL` overrides).
   Started lazily, so a run that only touches SQLite never starts PostgreSQL.
 - `engine_name`: "sqlite" / "postgresql"; any test using a fixture below that depends on it runs on both.
 - `db_url`: a fresh, empty database. `migrated_db_url`: a fresh database at the head revision.
 - `database`: a connected `databases.Database` on `migrated_db_url`.
-- `sqlite_db_url` / `sqlite_migrated_db_url`: the SQLite-only variants.
+- `sqlite_db_url` / `sqlite_migrated_db_url` / `pg_db_url`: single-engine variants (fresh databases).
 
 A migrated database is a copy of a template migrated once per session (a file copy on SQLite,
 `CREATE DATABASE ... TEMPLATE` on PostgreSQL): the same schema as running `aupgrade` in every test, faster.
@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import databases
+import pg
 import pytest
 
 from minichat_host.db import migrate
 from minichat_host.db.engine import connect_database
-import pg
 
 ENGINES = ("sqlite", "postgresql")
 
@@ -82,6 +82,11 @@ def _pg_database(request: pytest.FixtureRequest, *, migrated: bool) -> Iterator[
         yield url
     finally:
         pg.drop_database(base, name)
+
+
+@pytest.fixture
+def pg_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _pg_database(request, migrated=False)
 
 
 @pytest.fixture

@@ -79,12 +79,19 @@ def ensure_bin_dir() -> Path:
     if found is not None:
         return found
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise PostgresError("PostgreSQL server binaries are missing and cannot be installed (needs root + apt-get)")
+        raise PostgresError(
+            "PostgreSQL server binaries are missing and cannot be installed (needs root + apt-get)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
+    for command in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
+    ):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
         if result.returncode != 0:
-            raise PostgresError(f"{shlex.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            raise PostgresError(
+                f"{shlex.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
     found = find_bin_dir()
     if found is None:
         raise PostgresError("installed the postgresql package but found no initdb/pg_ctl")
@@ -223,7 +230,7 @@ class TemporaryCluster:
             except (ProcessLookupError, PermissionError):
                 break
             time.sleep(0.05)
-        # Its backends exit on their own once the postmaster is gone; the stale pid file would confuse a retry.
+        # Its backends exit once the postmaster is gone; a stale pid file would confuse a retry.
         with contextlib.suppress(OSError):
             (self.data_dir / "postmaster.pid").unlink()
 
@@ -250,7 +257,8 @@ class TemporaryCluster:
             raise PostgresError(f"{shlex.join(full)} timed out after {timeout}s") from exc
         if result.returncode != 0:
             raise PostgresError(
-                f"{shlex.join(full)} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+                f"{shlex.join(full)} exited {result.returncode}:\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
             )
 
     def _log_tail(self) -> str:
@@ -262,7 +270,7 @@ class TemporaryCluster:
 
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
-    """Yield the base URL of a PostgreSQL server (existing one from the environment, or a temporary cluster)."""
+    """Yield the base URL of a PostgreSQL server: the one from the environment, or a temporary cluster."""
     existing = os.environ.get(ENV_TEST_PG_URL)
     if existing:
         yield existing

@@ -199,7 +199,8 @@ async def read_json(request: web.Request, struct: type[T], *, allow_empty: bool 
         raise ProblemError(415, "unsupported_media_type", "Expected Content-Type: application/json")
     try:
         data = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 inside a JSON string.
         raise ProblemError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
     try:
         return msgspec.convert(data, struct)

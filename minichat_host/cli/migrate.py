@@ -1,10 +1,133 @@
-"""Placeholder: this command group is being built (see its issue)."""
+"""`minichat migrate upgrade [REV] | downgrade REV | current`: the schema of the configured database.
+
+Progress ("Running upgrade ... -> 0001_domain") goes to stderr; the result goes to stdout, as JSON with
+`--json`. Exit codes: 0 ok, 1 the database or the revision was the problem, 2 bad config / URL.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from alembic.util.exc import CommandError
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
-    return None
+from minichat_host.config import load_config
+from minichat_host.db import migrate
+from minichat_host.db.engine import dialect_name, is_unavailable_error, masked_url
+
+_ALEMBIC_PROGRESS_LOGGER = "alembic.runtime.migration"
+
+
+class _OnlyRunningSteps(logging.Filter):
+    """Keep Alembic's per-revision lines, drop its chatter ("Context impl ...", "Will assume ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage().startswith("Running ")
+
+
+@contextmanager
+def _progress_to_stderr() -> Iterator[None]:
+    logger = logging.getLogger(_ALEMBIC_PROGRESS_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("minichat: %(message)s"))
+    handler.addFilter(_OnlyRunningSteps())
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
+def _status(url: str, before: str | None, after: str | None) -> dict[str, Any]:
+    head = migrate.head_revision()
+    return {
+        "database": masked_url(url),
+        "engine": dialect_name(url),
+        "previous": before,
+        "current": after,
+        "head": head,
+        "up_to_date": after == head,
+    }
+
+
+def _print(args: argparse.Namespace, status: dict[str, Any], action: str) -> None:
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return
+    current = status["current"] or "<empty: no revision>"
+    marker = " (head)" if status["up_to_date"] else f" (head is {status['head']})"
+    if action == "current":
+        print(f"{status['database']}: {current}{marker}")
+    elif status["previous"] == status["current"]:
+        print(f"{status['database']}: already at {current}{marker}")
+    else:
+        print(f"{status['database']}: {status['previous'] or '<empty>'} -> {current}{marker}")
+
+
+def _run(args: argparse.Namespace, action: str, change: Callable[[str], None] | None) -> int:
+    config = load_config(args.config)
+    url = config.database_url()
+    try:
+        dialect_name(url)
+    except ValueError as exc:
+        print(f"minichat: config error: database.url: {exc}", file=sys.stderr)
+        return 2
+    try:
+        before = migrate.current(url)
+        if change is not None:
+            with _progress_to_stderr():
+                change(url)
+        after = migrate.current(url) if change is not None else before
+    except CommandError as exc:
+        print(f"minichat: migrate {action}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_unavailable_error(exc):
+            raise
+        print(
+            f"minichat: migrate {action}: database {masked_url(url)} is unavailable: {exc}", file=sys.stderr
+        )
+        return 1
+    _print(args, _status(url, before, after), action)
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    revision: str = args.revision
+    return _run(args, "upgrade", lambda url: migrate.upgrade(url, revision))
+
+
+def _downgrade(args: argparse.Namespace) -> int:
+    revision: str = args.revision
+    return _run(args, "downgrade", lambda url: migrate.downgrade(url, revision))
+
+
+def _current(args: argparse.Namespace) -> int:
+    return _run(args, "current", None)
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser("migrate", help="database schema migrations (upgrade, downgrade, current)")
+    msub = parser.add_subparsers(dest="migrate_command", required=True)
+
+    upgrade = msub.add_parser("upgrade", help="upgrade the database (to the newest revision by default)")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    upgrade.add_argument("--json", action="store_true", help="print the result as JSON")
+    upgrade.set_defaults(func=_upgrade)
+
+    downgrade = msub.add_parser("downgrade", help="downgrade the database to a revision ('base' = empty)")
+    downgrade.add_argument("revision", help="target revision: an id, 'base', or a relative step like -1")
+    downgrade.add_argument("--json", action="store_true", help="print the result as JSON")
+    downgrade.set_defaults(func=_downgrade)
+
+    current = msub.add_parser("current", help="show the revision the database is at")
+    current.add_argument("--json", action="store_true", help="print the result as JSON")
+    current.set_defaults(func=_current)

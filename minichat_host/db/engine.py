@@ -22,6 +22,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import aiosqlite
 import asyncpg
 import databases
 import sqlalchemy as sa
@@ -31,8 +32,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-
-import aiosqlite
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +48,12 @@ def dialect_name(url: str) -> DialectName:
     try:
         backend = make_url(url).get_backend_name()
     except ArgumentError:
-        raise ValueError(f"not a database URL: {_mask(url)!r} ({_URL_HELP})") from None
+        raise ValueError(f"not a database URL: {masked_url(url)!r} ({_URL_HELP})") from None
     if backend == "sqlite":
         return "sqlite"
     if backend in ("postgresql", "postgres"):
         return "postgresql"
-    raise ValueError(f"unsupported database {backend!r} in {_mask(url)!r} ({_URL_HELP})")
+    raise ValueError(f"unsupported database {backend!r} in {masked_url(url)!r} ({_URL_HELP})")
 
 
 def async_driver_url(url: str) -> str:
@@ -63,14 +62,14 @@ def async_driver_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     wanted = SQLITE_DRIVER_SCHEME if dialect == "sqlite" else POSTGRES_DRIVER_SCHEME
     if scheme != wanted and "+" in scheme:
-        raise ValueError(f"unsupported driver {scheme!r} in {_mask(url)!r} ({_URL_HELP})")
+        raise ValueError(f"unsupported driver {scheme!r} in {masked_url(url)!r} ({_URL_HELP})")
     return f"{wanted}://{rest}"
 
 
 def sqlite_path(url: str) -> Path:
-    """The file of a SQLite URL; in-memory databases are rejected (each pooled connection would see its own)."""
+    """The file of a SQLite URL; in-memory databases are rejected (each connection would see its own)."""
     if dialect_name(url) != "sqlite":
-        raise ValueError(f"not a SQLite URL: {_mask(url)!r}")
+        raise ValueError(f"not a SQLite URL: {masked_url(url)!r}")
     database = make_url(url).database or ""
     if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in url:
         raise ValueError(
@@ -79,7 +78,8 @@ def sqlite_path(url: str) -> Path:
     return Path(database)
 
 
-def _mask(url: str) -> str:
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by '***' (for logs and CLI output)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -89,7 +89,7 @@ def _mask(url: str) -> str:
 # --- the `databases` pool -------------------------------------------------------------------------------
 
 
-class _PragmaSQLitePool(SQLitePool):  # type: ignore[misc]
+class _PragmaSQLitePool(SQLitePool):
     """SQLitePool that runs the connection PRAGMAs on every connection it opens."""
 
     def __init__(self, url: DatabaseURL, pragmas: tuple[str, ...], **options: Any) -> None:
@@ -107,7 +107,7 @@ class _PragmaSQLitePool(SQLitePool):  # type: ignore[misc]
         return connection
 
 
-class _ImmediateSQLiteTransaction(SQLiteTransaction):  # type: ignore[misc]
+class _ImmediateSQLiteTransaction(SQLiteTransaction):
     async def start(self, is_root: bool, extra_options: dict[Any, Any]) -> None:
         if not is_root:
             await super().start(is_root, extra_options)
@@ -119,12 +119,12 @@ class _ImmediateSQLiteTransaction(SQLiteTransaction):  # type: ignore[misc]
             await cursor.close()
 
 
-class _ImmediateSQLiteConnection(SQLiteConnection):  # type: ignore[misc]
+class _ImmediateSQLiteConnection(SQLiteConnection):
     def transaction(self) -> _ImmediateSQLiteTransaction:
         return _ImmediateSQLiteTransaction(self)
 
 
-class MinichatSQLiteBackend(SQLiteBackend):  # type: ignore[misc]
+class MinichatSQLiteBackend(SQLiteBackend):
     """databases' SQLite backend with per-connection PRAGMAs and BEGIN IMMEDIATE transactions."""
 
     def __init__(
@@ -146,7 +146,7 @@ class MinichatSQLiteBackend(SQLiteBackend):  # type: ignore[misc]
         return _ImmediateSQLiteConnection(self._pool, self._dialect)
 
 
-class _MinichatDatabase(databases.Database):  # type: ignore[misc]
+class _MinichatDatabase(databases.Database):
     SUPPORTED_BACKENDS = {
         **databases.Database.SUPPORTED_BACKENDS,
         SQLITE_DRIVER_SCHEME: f"{__name__}:MinichatSQLiteBackend",
@@ -216,6 +216,60 @@ def create_async_sa_engine(url: str) -> AsyncEngine:
     return engine
 
 
+# --- classifying errors --------------------------------------------------------------------------------
+
+INTEGRITY_ERRORS: Final = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
+"""What a constraint violation raises through `databases` (driver exceptions, not SQLAlchemy's)."""
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """True for a unique / primary-key violation (e.g. the one-running-turn index) on either engine."""
+    for current in _chain(exc):
+        if isinstance(current, asyncpg.UniqueViolationError):
+            return True
+        if isinstance(current, sqlite3.IntegrityError) and getattr(current, "sqlite_errorname", "") in (
+            "SQLITE_CONSTRAINT_UNIQUE",
+            "SQLITE_CONSTRAINT_PRIMARYKEY",
+        ):
+            return True
+    return False
+
+
+def is_foreign_key_violation(exc: BaseException) -> bool:
+    """True for a foreign-key violation on either engine."""
+    for current in _chain(exc):
+        if isinstance(current, asyncpg.ForeignKeyViolationError):
+            return True
+        if isinstance(current, sqlite3.IntegrityError) and (
+            getattr(current, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY"
+        ):
+            return True
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes: chained exceptions, the wrapped driver error, exception-group members."""
+    seen: set[int] = set()
+    found: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        if isinstance(current, DBAPIError) and isinstance(current.orig, BaseException):
+            pending.append(current.orig)
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+        # Follow implicit chaining the way tracebacks show it: not after `raise ... from None`.
+        if current.__context__ is not None and not current.__suppress_context__:
+            pending.append(current.__context__)
+    return found
+
+
 # --- "the database is not there" ------------------------------------------------------------------------
 
 _UNAVAILABLE_ERRNOS: Final = frozenset(
@@ -253,23 +307,7 @@ def is_unavailable_error(exc: BaseException) -> bool:
     out of connection slots, a closed pool, and a SQLite file that stays locked past the busy timeout or
     cannot be opened. Query errors (constraint violations, syntax, timeouts of a statement) are not.
     """
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if _is_unavailable_one(current):
-            return True
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        if isinstance(current, DBAPIError) and isinstance(current.orig, BaseException):
-            pending.append(current.orig)
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
-                pending.append(linked)
-    return False
+    return any(_is_unavailable_one(current) for current in _chain(exc))
 
 
 def _is_unavailable_one(exc: BaseException) -> bool:

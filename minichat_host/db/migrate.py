@@ -8,6 +8,7 @@ On PostgreSQL every run holds an advisory lock, so replicas starting together mi
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from minichat_host.db.engine import async_driver_url, create_async_sa_engine, dialect_name
+from minichat_host.db.engine import async_driver_url, create_async_sa_engine, dialect_name, sqlite_path
+from minichat_host.db.schema import metadata
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 # pg_advisory_lock key held while migrating ("mc" + 2; the orphan watchdog uses "mc" + 1).
@@ -58,7 +61,18 @@ async def adowngrade(url: str, revision: str) -> None:
 
 async def acurrent(url: str) -> str | None:
     """The revision the database at `url` is at; None for an empty (never migrated) database."""
+    if dialect_name(url) == "sqlite" and not sqlite_path(url).exists():
+        return None  # do not create the file just to look at it
     return await _on_connection(url, _current_revision, lock=False)
+
+
+async def aschema_diff(url: str) -> list[Any]:
+    """Alembic's autogenerate diff between the database at `url` and `schema.metadata` ([] = in sync).
+
+    Compares tables, columns, types, nullability, server defaults, indexes, unique constraints and foreign
+    keys, so it reveals a tables.py change that has no migration.
+    """
+    return await _on_connection(url, _schema_diff, lock=False)
 
 
 # --- sync API -------------------------------------------------------------------------------------------
@@ -74,6 +88,26 @@ def downgrade(url: str, revision: str) -> None:
 
 def current(url: str) -> str | None:
     return _run_blocking(lambda: acurrent(url))
+
+
+def schema_diff(url: str) -> list[Any]:
+    return _run_blocking(lambda: aschema_diff(url))
+
+
+def compare_server_default(
+    context: MigrationContext,
+    inspected_column: sa.Column[Any],
+    metadata_column: sa.Column[Any],
+    inspected_default: str | None,
+    metadata_default: Any,
+    rendered_metadata_default: str | None,
+) -> bool:
+    """True when two server defaults differ, ignoring how each engine spells them back.
+
+    Reflection returns e.g. `'0'::bigint` (PostgreSQL) or `('')` (SQLite) for what the model renders as `0`
+    and ``; Alembic's own comparison trips over those (and runs a query that fails for JSON on PostgreSQL).
+    """
+    return _normalized_default(inspected_default) != _normalized_default(rendered_metadata_default)
 
 
 # --- internals ------------------------------------------------------------------------------------------
@@ -114,3 +148,25 @@ def _alembic(connection: sa.Connection, action: Callable[[Config, str], None], r
 
 def _current_revision(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def _schema_diff(connection: sa.Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": compare_server_default}
+    )
+    return list(compare_metadata(context, metadata))
+
+
+_TRAILING_CASTS: Final = re.compile(r"(::[A-Za-z_][A-Za-z0-9_ ]*(\[\])?)+$")
+
+
+def _normalized_default(text: str | None) -> str | None:
+    if text is None:
+        return None
+    value = text.strip()
+    while value.startswith("(") and value.endswith(")"):
+        value = value[1:-1].strip()
+    value = _TRAILING_CASTS.sub("", value)
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        value = value[1:-1].replace("''", "'")
+    return value

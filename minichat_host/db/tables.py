@@ -44,7 +44,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
         if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
+            naive: dt.datetime = value.replace(tzinfo=dt.UTC)
+            return naive
         result: dt.datetime = value.astimezone(dt.UTC)
         return result
 

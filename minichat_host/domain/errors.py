@@ -74,3 +74,70 @@ class InputTooLong(DomainError):
     default_status = 422
     default_code = "input_too_long"
     default_title = "Input Too Long"
+
+
+# --- chats, messages, reactions, models (the chat REST API) ------------------------------------------
+class ChatNotFound(DomainError):
+    """The chat does not exist, is deleted, or belongs to another tenant or user (never 403: masking)."""
+
+    default_status = 404
+    default_code = "chat_not_found"
+    default_title = "Chat Not Found"
+
+
+class MessageNotFound(DomainError):
+    """The message does not exist in this chat, is deleted, or is not visible."""
+
+    default_status = 404
+    default_code = "message_not_found"
+    default_title = "Message Not Found"
+
+
+class ModelNotFound(DomainError):
+    """The model id is not in the caller's catalog, or is disabled (GET /models/{id})."""
+
+    default_status = 404
+    default_code = "model_not_found"
+    # The original sends the token as the title.
+    default_title = "model_not_found"
+
+
+class InvalidModel(DomainError):
+    """A chat was created with an unknown, disabled or empty model id (or no model is enabled at all)."""
+
+    default_status = 400
+    default_code = "invalid_model"
+    default_title = "Invalid Model"
+
+
+class ValidationFailed(DomainError):
+    """A well-typed request value breaks a rule (blank or over-long title, unknown reaction value)."""
+
+    default_status = 400
+    default_code = "validation_error"
+    default_title = "Validation Error"
+
+
+class InvalidReactionTarget(DomainError):
+    """Reactions are accepted on assistant messages only."""
+
+    default_status = 400
+    default_code = "invalid_reaction_target"
+    default_title = "Invalid Reaction Target"
+
+
+class InvalidListQuery(DomainError):
+    """A list query the pagination rules reject (422, as the original's OData errors): the instance's
+    `code` says which part — `invalid_limit`, `invalid_cursor`, `invalid_orderby` or `invalid_filter`."""
+
+    default_status = 422
+    default_code = "invalid_query"
+    default_title = "Invalid Query"
+
+
+class PolicyUnavailable(DomainError):
+    """The model policy plugin failed or timed out, so the catalog or the user's limits are unknown."""
+
+    default_status = 503
+    default_code = "service_unavailable"
+    default_title = "Service Unavailable"

@@ -25,7 +25,7 @@ def minichat_capabilities() -> Any:
 
 @hookspec
 def minichat_plugin_settings() -> Any:
-    """Return `PluginSettings(section, struct)`: the msgspec struct validating `plugins.settings.<section>`."""
+    """Return `PluginSettings(section, struct)`: the struct validating `plugins.settings.<section>`."""
 
 
 @hookspec

@@ -39,15 +39,18 @@ __all__ = [
     "ProviderErrorCode",
     "ProviderRegistry",
     "ProviderRequest",
+    "SearchHit",
     "Span",
     "StreamEvent",
     "TextDelta",
     "Tool",
     "ToolEvent",
+    "ToolName",
     "UnknownProviderError",
     "Usage",
     "WebSearchTool",
     "build_provider",
+    "estimate_request_tokens",
     "estimate_tokens",
     "validate_provider_config",
 ]
@@ -208,7 +211,7 @@ ProviderErrorCode = Literal["provider_error", "provider_timeout", "rate_limited"
 
 
 class ProviderError(Exception):
-    """A failed model call. `code` is the SSE error code; `status` the upstream HTTP status when there was one."""
+    """A failed model call: `code` is the SSE error code, `status` the upstream HTTP status if any."""
 
     def __init__(self, code: ProviderErrorCode, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -231,7 +234,7 @@ class UnknownProviderError(ProviderError):
 # --- the interface --------------------------------------------------------------------------------
 class LlmProvider(Protocol):
     def stream(self, request: ProviderRequest, *, tenant_id: str) -> AsyncIterator[StreamEvent]:
-        """Stream the reply; raises ProviderError. Close it early with `aclose()` or by cancelling the task."""
+        """Stream the reply; raises ProviderError. Stop early with `aclose()` or by cancelling the task."""
         ...
 
     async def complete(self, request: ProviderRequest, *, tenant_id: str) -> CompletionResult:
@@ -255,6 +258,12 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 4)
 
 
+def estimate_request_tokens(request: ProviderRequest) -> int:
+    """Input tokens estimated from the instructions and every text part (images not counted)."""
+    texts = [request.instructions or "", *(message.text() for message in request.input)]
+    return estimate_tokens("\n".join(text for text in texts if text))
+
+
 # --- configuration --------------------------------------------------------------------------------
 TENANT_OVERRIDE_KEYS: Final = frozenset({"base_url", "api_key", "api_version", "api_path"})
 
@@ -272,7 +281,9 @@ def validate_provider_config(provider_id: str, cfg: ProviderConfig) -> None:
         unknown = sorted(set(overrides) - TENANT_OVERRIDE_KEYS)
         if unknown:
             allowed = ", ".join(sorted(TENANT_OVERRIDE_KEYS))
-            raise ValueError(f"{path}.tenant_overrides.{tenant}: unknown key(s) {unknown}; allowed: {allowed}")
+            raise ValueError(
+                f"{path}.tenant_overrides.{tenant}: unknown key(s) {unknown}; allowed: {allowed}"
+            )
 
 
 def build_provider(

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from minichat_host.db.engine import create_async_sa_engine, dialect_name
+from minichat_host.db.migrate import compare_server_default
 from minichat_host.db.schema import metadata
 
 config = context.config
@@ -28,6 +29,7 @@ def _configure(connection: sa.Connection | None = None, url: str | None = None) 
         # engine.create_async_sa_engine gives SQLite real transactions, so a failed revision rolls back.
         transactional_ddl=True,
         compare_type=True,
+        compare_server_default=compare_server_default,
         literal_binds=connection is None,
     )
 

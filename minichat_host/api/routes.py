@@ -1,0 +1,20 @@
+"""Registers the non-streaming chat API routes (chats, messages list, reactions, models, quota status).
+
+`app.py` calls `register_all(app, prefix)`; the handlers find their services under `CHAT_SERVICES_KEY`
+(api/services.py), which `app.py` fills in its cleanup context.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from minichat_host.api import chats, messages, models, quota, reactions
+from minichat_host.api import stream as stream_api
+from minichat_host.api import turns as turns_api
+
+
+def register_all(app: web.Application, prefix: str) -> None:
+    for module in (chats, messages, reactions, models, quota):
+        module.register(app, prefix)
+    stream_api.register(app, prefix)
+    turns_api.register(app, prefix)

@@ -1,0 +1,1 @@
+"""Repositories: one module per aggregate, SQLAlchemy Core queries run through `databases`."""

@@ -1,0 +1,190 @@
+"""The `chats` aggregate: owner-scoped reads, inserts, renames, soft deletes and the keyset listing.
+
+Every read and write is scoped by tenant **and** user and sees live (not soft-deleted) chats only, so a
+chat of another owner, or a deleted one, is simply absent. `message_count` counts the chat's visible
+messages: not deleted and with a request_id (the rows the message list shows).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from minichat_host.db.repos.common import Executor, as_utc, as_uuid
+from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, fetch_keyset_page
+from minichat_host.db.tables import chats, messages
+
+# Newest first, the original's default; the ascending variant serves `$orderby=updated_at asc`.
+ORDER_UPDATED_DESC: Final = KeysetOrder("updated_at desc", chats.c.updated_at, chats.c.id, descending=True)
+ORDER_UPDATED_ASC: Final = KeysetOrder("updated_at asc", chats.c.updated_at, chats.c.id, descending=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRecord:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    model: str
+    title: str | None
+    is_temporary: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CountedChat:
+    chat: ChatRecord
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPage:
+    items: list[CountedChat]
+    next_cursor: PageCursor | None
+    prev_cursor: PageCursor | None
+
+
+_CHAT_COLUMNS: Final = (
+    chats.c.id,
+    chats.c.tenant_id,
+    chats.c.user_id,
+    chats.c.model,
+    chats.c.title,
+    chats.c.is_temporary,
+    chats.c.created_at,
+    chats.c.updated_at,
+)
+
+
+def _message_count() -> sa.Label[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(messages)
+        .where(
+            messages.c.chat_id == chats.c.id,
+            messages.c.deleted_at.is_(None),
+            messages.c.request_id.is_not(None),
+        )
+        .scalar_subquery()
+        .label("message_count")
+    )
+
+
+def _owned_live(tenant_id: uuid.UUID, user_id: uuid.UUID) -> sa.ColumnElement[bool]:
+    return sa.and_(chats.c.tenant_id == tenant_id, chats.c.user_id == user_id, chats.c.deleted_at.is_(None))
+
+
+def _record(row: Any) -> ChatRecord:
+    return ChatRecord(
+        id=as_uuid(row["id"]),
+        tenant_id=as_uuid(row["tenant_id"]),
+        user_id=as_uuid(row["user_id"]),
+        model=row["model"],
+        title=row["title"],
+        is_temporary=bool(row["is_temporary"]),
+        created_at=as_utc(row["created_at"]),
+        updated_at=as_utc(row["updated_at"]),
+    )
+
+
+def _counted(row: Any) -> CountedChat:
+    return CountedChat(chat=_record(row), message_count=int(row["message_count"] or 0))
+
+
+async def insert_chat(conn: Executor, chat: ChatRecord) -> None:
+    await conn.execute(
+        chats.insert().values(
+            id=chat.id,
+            tenant_id=chat.tenant_id,
+            user_id=chat.user_id,
+            model=chat.model,
+            title=chat.title,
+            is_temporary=chat.is_temporary,
+            created_at=chat.created_at,
+            updated_at=chat.updated_at,
+        )
+    )
+
+
+async def get_live(
+    conn: Executor, tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: uuid.UUID, *, for_update: bool = False
+) -> ChatRecord | None:
+    """The owner's live chat, or None. `for_update` locks the row (PostgreSQL; SQLite locks by BEGIN
+    IMMEDIATE) until the caller's transaction ends."""
+    query = sa.select(*_CHAT_COLUMNS).where(chats.c.id == chat_id, _owned_live(tenant_id, user_id))
+    if for_update:
+        query = query.with_for_update()
+    row = await conn.fetch_one(query)
+    return None if row is None else _record(row)
+
+
+async def get_live_counted(
+    conn: Executor, tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: uuid.UUID
+) -> CountedChat | None:
+    query = sa.select(*_CHAT_COLUMNS, _message_count()).where(
+        chats.c.id == chat_id, _owned_live(tenant_id, user_id)
+    )
+    row = await conn.fetch_one(query)
+    return None if row is None else _counted(row)
+
+
+async def rename_live(
+    conn: Executor,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    *,
+    title: str,
+    now: dt.datetime,
+) -> ChatRecord | None:
+    """Set the title and `updated_at` of the owner's live chat; None when there is no such chat."""
+    row = await conn.fetch_one(
+        chats.update()
+        .where(chats.c.id == chat_id, _owned_live(tenant_id, user_id))
+        .values(title=title, updated_at=now)
+        .returning(*_CHAT_COLUMNS)
+    )
+    return None if row is None else _record(row)
+
+
+async def soft_delete_live(
+    conn: Executor, tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: uuid.UUID, *, now: dt.datetime
+) -> ChatRecord | None:
+    """Mark the owner's live chat deleted; None when there is no such chat (already deleted included)."""
+    row = await conn.fetch_one(
+        chats.update()
+        .where(chats.c.id == chat_id, _owned_live(tenant_id, user_id))
+        .values(deleted_at=now)
+        .returning(*_CHAT_COLUMNS)
+    )
+    return None if row is None else _record(row)
+
+
+async def list_page(
+    conn: Executor,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    *,
+    order: KeysetOrder,
+    limit: int,
+    cursor: PageCursor | None,
+) -> ChatPage:
+    """One page of the owner's live chats in `order`, each with its visible message count."""
+    page = await fetch_keyset_page(
+        conn,
+        rows_query=sa.select(*_CHAT_COLUMNS, _message_count()),
+        table=chats,
+        scope=_owned_live(tenant_id, user_id),
+        order=order,
+        limit=limit,
+        cursor=cursor,
+    )
+    return ChatPage(
+        items=[_counted(row) for row in page.rows],
+        next_cursor=page.next_cursor,
+        prev_cursor=page.prev_cursor,
+    )

@@ -1,0 +1,187 @@
+"""The `messages` aggregate as the API lists it, and the attachment summaries of a page of messages.
+
+Visible messages are live (`deleted_at IS NULL`) and carry a request_id; rows without one are internal
+and never listed. Every query here names the chat (and its tenant): callers reach messages only through
+a chat whose ownership they have already checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from minichat_host.db.repos.common import Executor, as_optional_uuid, as_utc, as_uuid, in_values
+from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, fetch_keyset_page
+from minichat_host.db.tables import attachments, message_attachments, messages
+
+# Oldest first, the original's default; the descending variant serves `$orderby=created_at desc`.
+ORDER_CREATED_ASC: Final = KeysetOrder(
+    "created_at asc", messages.c.created_at, messages.c.id, descending=False
+)
+ORDER_CREATED_DESC: Final = KeysetOrder(
+    "created_at desc", messages.c.created_at, messages.c.id, descending=True
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    request_id: uuid.UUID | None
+    role: str
+    content: str
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentSummaryRecord:
+    message_id: uuid.UUID
+    attachment_id: uuid.UUID
+    kind: str
+    filename: str
+    status: str
+    thumbnail: bytes | None
+    thumbnail_width: int | None
+    thumbnail_height: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    items: list[MessageRecord]
+    next_cursor: PageCursor | None
+    prev_cursor: PageCursor | None
+
+
+_MESSAGE_COLUMNS: Final = (
+    messages.c.id,
+    messages.c.chat_id,
+    messages.c.request_id,
+    messages.c.role,
+    messages.c.content,
+    messages.c.model,
+    messages.c.input_tokens,
+    messages.c.output_tokens,
+    messages.c.created_at,
+)
+
+
+def _visible_in_chat(tenant_id: uuid.UUID, chat_id: uuid.UUID) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        messages.c.tenant_id == tenant_id,
+        messages.c.chat_id == chat_id,
+        messages.c.deleted_at.is_(None),
+        messages.c.request_id.is_not(None),
+    )
+
+
+def _record(row: Any) -> MessageRecord:
+    return MessageRecord(
+        id=as_uuid(row["id"]),
+        chat_id=as_uuid(row["chat_id"]),
+        request_id=as_optional_uuid(row["request_id"]),
+        role=row["role"],
+        content=row["content"] or "",
+        model=row["model"],
+        input_tokens=int(row["input_tokens"] or 0),
+        output_tokens=int(row["output_tokens"] or 0),
+        created_at=as_utc(row["created_at"]),
+    )
+
+
+async def get_visible(
+    conn: Executor, tenant_id: uuid.UUID, chat_id: uuid.UUID, message_id: uuid.UUID
+) -> MessageRecord | None:
+    """The message if it is visible in this chat; None when missing, deleted, hidden or in another chat."""
+    row = await conn.fetch_one(
+        sa.select(*_MESSAGE_COLUMNS).where(messages.c.id == message_id, _visible_in_chat(tenant_id, chat_id))
+    )
+    return None if row is None else _record(row)
+
+
+async def list_visible_page(
+    conn: Executor,
+    tenant_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    *,
+    order: KeysetOrder,
+    limit: int,
+    cursor: PageCursor | None,
+) -> MessagePage:
+    page = await fetch_keyset_page(
+        conn,
+        rows_query=sa.select(*_MESSAGE_COLUMNS),
+        table=messages,
+        scope=_visible_in_chat(tenant_id, chat_id),
+        order=order,
+        limit=limit,
+        cursor=cursor,
+    )
+    return MessagePage(
+        items=[_record(row) for row in page.rows], next_cursor=page.next_cursor, prev_cursor=page.prev_cursor
+    )
+
+
+async def attachment_summaries(
+    conn: Executor, tenant_id: uuid.UUID, chat_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[AttachmentSummaryRecord]]:
+    """The live attachments linked to each of `message_ids`, in link order, in one query."""
+    if not message_ids:
+        return {}
+    query = (
+        sa.select(
+            message_attachments.c.message_id,
+            attachments.c.id.label("attachment_id"),
+            attachments.c.attachment_kind,
+            attachments.c.filename,
+            attachments.c.status,
+            attachments.c.img_thumbnail,
+            attachments.c.img_thumbnail_width,
+            attachments.c.img_thumbnail_height,
+        )
+        .select_from(
+            message_attachments.join(
+                attachments,
+                sa.and_(
+                    attachments.c.id == message_attachments.c.attachment_id,
+                    attachments.c.chat_id == message_attachments.c.chat_id,
+                ),
+            )
+        )
+        .where(
+            message_attachments.c.tenant_id == tenant_id,
+            message_attachments.c.chat_id == chat_id,
+            in_values(message_attachments.c.message_id, message_ids),
+            attachments.c.deleted_at.is_(None),
+        )
+        .order_by(
+            message_attachments.c.message_id,
+            message_attachments.c.created_at,
+            attachments.c.created_at,
+            attachments.c.id,
+        )
+    )
+    result: dict[uuid.UUID, list[AttachmentSummaryRecord]] = {}
+    for row in await conn.fetch_all(query):
+        message_id = as_uuid(row["message_id"])
+        thumbnail = row["img_thumbnail"]
+        result.setdefault(message_id, []).append(
+            AttachmentSummaryRecord(
+                message_id=message_id,
+                attachment_id=as_uuid(row["attachment_id"]),
+                kind=row["attachment_kind"],
+                filename=row["filename"],
+                status=row["status"],
+                thumbnail=None if thumbnail is None else bytes(thumbnail),
+                thumbnail_width=row["img_thumbnail_width"],
+                thumbnail_height=row["img_thumbnail_height"],
+            )
+        )
+    return result

@@ -1,0 +1,211 @@
+"""Keyset pagination over an `(ordered timestamp, id)` pair, and the opaque cursor that names a page.
+
+A page is the `limit` rows strictly after (direction `next`) or strictly before (direction `prev`) a
+position in the listing's order; the id breaks ties between equal timestamps, so rows sharing a
+timestamp are neither skipped nor repeated. Both cursors of a page are exact: one extra `LIMIT limit+1`
+row tells whether more rows lie ahead, and one `EXISTS`-style probe whether rows lie behind.
+
+Cursor token = base64url (no padding) of a compact JSON object:
+`{"v":1, "s":<scope fingerprint>, "o":<order name>, "d":"next"|"prev", "k":[<timestamp>, <id>], "i":bool?}`.
+The scope fingerprint ties a cursor to one listing (e.g. the messages of one chat of one owner) and the
+order name to its sort, so a cursor from another listing or sort is rejected as `InvalidCursorError`, as is
+anything that does not decode to exactly that shape. A well-formed cursor is only a position: it cannot
+widen what the caller's query can see.
+`i` (inclusive) is set only on the cursor that leads back from an empty page, so the row at the position
+itself is not skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+import sqlalchemy as sa
+
+from minichat_host.db.repos.common import Executor, as_utc, as_uuid
+
+Direction = Literal["next", "prev"]
+
+CURSOR_VERSION: Final = 1
+MAX_CURSOR_LENGTH: Final = 512
+
+
+class InvalidCursorError(ValueError):
+    """The cursor token is not one this listing issued (undecodable, tampered, or for another listing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeysetOrder:
+    """A listing's sort: `primary` then `tiebreak`, both ascending or both descending."""
+
+    name: str  # written into cursors: a cursor only fits the order it was made for
+    primary: sa.Column[dt.datetime]
+    tiebreak: sa.Column[uuid.UUID]
+    descending: bool
+
+    def order_by(self, *, reverse: bool = False) -> tuple[sa.ColumnElement[Any], ...]:
+        descending = self.descending != reverse
+        if descending:
+            return (self.primary.desc(), self.tiebreak.desc())
+        return (self.primary.asc(), self.tiebreak.asc())
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    primary: dt.datetime
+    tiebreak: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Decoded cursor: the page of rows after (`next`) or before (`prev`) `position` in the order."""
+
+    direction: Direction
+    position: Position
+    inclusive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeysetPage:
+    """Rows of one page in listing order, and the cursors of its neighbours (None at either end)."""
+
+    rows: list[Any]
+    next_cursor: PageCursor | None
+    prev_cursor: PageCursor | None
+
+
+class _CursorPayload(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    v: int
+    s: str
+    o: str
+    d: Direction
+    k: tuple[Annotated[dt.datetime, msgspec.Meta(tz=True)], uuid.UUID]
+    i: bool = False
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_CursorPayload)
+
+
+def scope_fingerprint(*parts: object) -> str:
+    """A short stable digest of what a listing is scoped to (resource name, owner, parent id...)."""
+    joined = "\x1f".join(str(p) for p in parts)
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
+
+
+def encode_cursor(cursor: PageCursor, *, scope: str, order: KeysetOrder) -> str:
+    payload = _CursorPayload(
+        v=CURSOR_VERSION,
+        s=scope,
+        o=order.name,
+        d=cursor.direction,
+        k=(cursor.position.primary.astimezone(dt.UTC), cursor.position.tiebreak),
+        i=cursor.inclusive,
+    )
+    return base64.urlsafe_b64encode(_encoder.encode(payload)).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(token: str, *, scope: str, orders: Sequence[KeysetOrder]) -> tuple[KeysetOrder, PageCursor]:
+    """The order and cursor a token names; `InvalidCursorError` unless it was issued for `scope` and one of
+    `orders` (a listing may offer several sorts; the cursor says which one its pages follow)."""
+    if not token or len(token) > MAX_CURSOR_LENGTH:
+        raise InvalidCursorError("cursor is empty or too long")
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        payload = _decoder.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise InvalidCursorError("cursor is not a valid page token") from None
+    if payload.v != CURSOR_VERSION:
+        raise InvalidCursorError("cursor version is not supported")
+    if payload.s != scope:
+        raise InvalidCursorError("cursor belongs to another listing")
+    order = next((candidate for candidate in orders if candidate.name == payload.o), None)
+    if order is None:
+        raise InvalidCursorError("cursor was made for another sort order")
+    primary, tiebreak = payload.k
+    cursor = PageCursor(
+        direction=payload.d, position=Position(primary.astimezone(dt.UTC), tiebreak), inclusive=payload.i
+    )
+    return order, cursor
+
+
+def _after(
+    order: KeysetOrder, position: Position, *, descending: bool, inclusive: bool
+) -> sa.ColumnElement[bool]:
+    """Rows that come after `position` when scanning in `descending` order (or at it, if inclusive)."""
+    key = sa.tuple_(order.primary, order.tiebreak)
+    bound = sa.tuple_(
+        sa.literal(position.primary, order.primary.type), sa.literal(position.tiebreak, order.tiebreak.type)
+    )
+    if descending:
+        return key <= bound if inclusive else key < bound
+    return key >= bound if inclusive else key > bound
+
+
+def _position_of(row: Any, order: KeysetOrder) -> Position:
+    return Position(as_utc(row[order.primary.name]), as_uuid(row[order.tiebreak.name]))
+
+
+async def fetch_keyset_page(
+    conn: Executor,
+    *,
+    rows_query: sa.Select[Any],
+    table: sa.FromClause,
+    scope: sa.ColumnElement[bool],
+    order: KeysetOrder,
+    limit: int,
+    cursor: PageCursor | None,
+) -> KeysetPage:
+    """One page of `rows_query` (which must select `order.primary` and `order.tiebreak` by name).
+
+    `scope` is the listing's WHERE clause (ownership and visibility); it is applied to the rows and to
+    the probe on `table` that decides whether a cursor for the other direction exists.
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    forward = cursor is None or cursor.direction == "next"
+    # The SQL scan runs in listing order for `next` and against it for `prev` (rows nearest the
+    # position first); a `prev` page is reversed back into listing order afterwards.
+    scan_descending = order.descending if forward else not order.descending
+    query = rows_query.where(scope)
+    if cursor is not None:
+        query = query.where(
+            _after(order, cursor.position, descending=scan_descending, inclusive=cursor.inclusive)
+        )
+    query = query.order_by(*order.order_by(reverse=not forward)).limit(limit + 1)
+    fetched = list(await conn.fetch_all(query))
+    more_ahead = len(fetched) > limit
+    rows = fetched[:limit]
+    if not forward:
+        rows.reverse()
+
+    more_behind = False
+    if cursor is not None:
+        # Behind the position = everything the query above excluded on that side of it.
+        behind = sa.not_(
+            _after(order, cursor.position, descending=scan_descending, inclusive=cursor.inclusive)
+        )
+        probe = sa.select(order.tiebreak).select_from(table).where(scope, behind).limit(1)
+        more_behind = await conn.fetch_one(probe) is not None
+
+    has_next, has_prev = (more_ahead, more_behind) if forward else (more_behind, more_ahead)
+    if rows:
+        next_cursor = PageCursor("next", _position_of(rows[-1], order)) if has_next else None
+        prev_cursor = PageCursor("prev", _position_of(rows[0], order)) if has_prev else None
+    else:
+        # An empty page (rows vanished, or a cursor past the end): the way back starts at the position
+        # itself, including the row there if it still exists.
+        back = (
+            PageCursor("prev" if forward else "next", cursor.position, inclusive=not cursor.inclusive)
+            if cursor is not None and more_behind
+            else None
+        )
+        next_cursor, prev_cursor = (None, back) if forward else (back, None)
+    return KeysetPage(rows=rows, next_cursor=next_cursor, prev_cursor=prev_cursor)

@@ -1,0 +1,174 @@
+"""The quota ledger (`quota_usage`): locked reads for the preflight cascade and delta writes for reserve and
+settlement, on SQLite and PostgreSQL.
+
+Rows are keyed by `(tenant_id, user_id, period_type, period_start, bucket)`. Every write is one
+`INSERT … ON CONFLICT (key) DO UPDATE SET col = col + excluded.col` per row, so the first reserve of a period
+creates the row and later writes add to it in the same statement (no read-modify-write race). On PostgreSQL
+the preflight reads take `FOR UPDATE` row locks; SQLite serializes writers with `BEGIN IMMEDIATE` instead (the
+SQLite dialect renders no FOR UPDATE).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import databases
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from minichat_host.db.tables import quota_usage
+from minichat_host.domain.models import BucketDelta, Period, UsageKey, UsageRow
+
+_KEY_COLUMNS = ("tenant_id", "user_id", "period_type", "period_start", "bucket")
+
+# BucketDelta field -> quota_usage column it increments.
+_DELTA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("reserved_delta", "reserved_credits_micro"),
+    ("spent_delta", "spent_credits_micro"),
+    ("calls_delta", "calls"),
+    ("input_tokens_delta", "input_tokens"),
+    ("output_tokens_delta", "output_tokens"),
+    ("web_search_calls_delta", "web_search_calls"),
+    ("code_interpreter_calls_delta", "code_interpreter_calls"),
+)
+
+
+def _period_filter(periods: Iterable[Period]) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        *(
+            sa.and_(quota_usage.c.period_type == p.period_type, quota_usage.c.period_start == p.period_start)
+            for p in periods
+        )
+    )
+
+
+async def load_usage(
+    db: databases.Database,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    periods: Sequence[Period],
+    *,
+    for_update: bool = False,
+) -> dict[UsageKey, UsageRow]:
+    """The user's rows of `periods` (every bucket) by (period_type, period_start, bucket).
+
+    `for_update=True` locks them until the caller's transaction ends (the preflight cascade); rows that do
+    not exist yet read as absent (zero usage).
+    """
+    if not periods:
+        return {}
+    query = sa.select(
+        quota_usage.c.period_type,
+        quota_usage.c.period_start,
+        quota_usage.c.bucket,
+        quota_usage.c.spent_credits_micro,
+        quota_usage.c.reserved_credits_micro,
+        quota_usage.c.web_search_calls,
+        quota_usage.c.code_interpreter_calls,
+    ).where(
+        quota_usage.c.tenant_id == tenant_id,
+        quota_usage.c.user_id == user_id,
+        _period_filter(periods),
+    )
+    if for_update:
+        query = query.order_by(quota_usage.c.id).with_for_update()
+    rows = await db.fetch_all(query)
+    result: dict[UsageKey, UsageRow] = {}
+    for row in rows:
+        key: UsageKey = (row["period_type"], _as_date(row["period_start"]), row["bucket"])
+        result[key] = UsageRow(
+            spent_credits_micro=int(row["spent_credits_micro"]),
+            reserved_credits_micro=int(row["reserved_credits_micro"]),
+            web_search_calls=int(row["web_search_calls"]),
+            code_interpreter_calls=int(row["code_interpreter_calls"]),
+        )
+    return result
+
+
+def _as_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+async def apply_deltas(
+    db: databases.Database,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    deltas: Iterable[BucketDelta],
+    *,
+    now: dt.datetime,
+) -> None:
+    """Add each delta to its row, creating the row when absent (one upsert per row, in delta order).
+
+    A negative reserve delta never takes `reserved_credits_micro` below zero: a release that finds less
+    reserved than it returns (a ledger repaired by hand) clamps at zero instead of failing the finalizer.
+    """
+    dialect = db.url.dialect
+    for delta in _merged(deltas):
+        await db.execute(_upsert(dialect, tenant_id, user_id, delta, now))
+
+
+def _merged(deltas: Iterable[BucketDelta]) -> list[BucketDelta]:
+    """One delta per row key (summed), in first-seen order: a statement never hits one row twice."""
+    merged: dict[UsageKey, BucketDelta] = {}
+    for delta in deltas:
+        seen = merged.get(delta.key)
+        if seen is None:
+            merged[delta.key] = delta
+            continue
+        merged[delta.key] = BucketDelta(
+            delta.period_type,
+            delta.period_start,
+            delta.bucket,
+            **{field: getattr(seen, field) + getattr(delta, field) for field, _ in _DELTA_COLUMNS},
+        )
+    return list(merged.values())
+
+
+def _upsert(
+    dialect: str, tenant_id: uuid.UUID, user_id: uuid.UUID, delta: BucketDelta, now: dt.datetime
+) -> sa.Insert:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "user_id": user_id,
+        "period_type": delta.period_type,
+        "period_start": delta.period_start,
+        "bucket": delta.bucket,
+        "updated_at": now,
+    }
+    for field, column in _DELTA_COLUMNS:
+        amount = getattr(delta, field)
+        values[column] = max(0, amount) if column == "reserved_credits_micro" else amount
+    insert = (pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert)(quota_usage)
+    stmt = insert.values(**values)
+    updates: dict[str, Any] = {"updated_at": stmt.excluded.updated_at}
+    for field, column in _DELTA_COLUMNS:
+        amount = int(getattr(delta, field))
+        if amount == 0:
+            continue
+        current = quota_usage.c[column]
+        if column == "reserved_credits_micro" and amount < 0:
+            updates[column] = sa.case((current + amount < 0, 0), else_=current + amount)
+        else:
+            updates[column] = current + amount
+    return stmt.on_conflict_do_update(index_elements=list(_KEY_COLUMNS), set_=updates)
+
+
+async def reserved_total(
+    db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID | None = None
+) -> int:
+    """Sum of `reserved_credits_micro` over a tenant's rows (one user's, when given); 0 when none held."""
+    query = sa.select(sa.func.coalesce(sa.func.sum(quota_usage.c.reserved_credits_micro), 0)).where(
+        quota_usage.c.tenant_id == tenant_id
+    )
+    if user_id is not None:
+        query = query.where(quota_usage.c.user_id == user_id)
+    return int(await db.fetch_val(query) or 0)

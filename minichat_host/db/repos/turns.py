@@ -1,0 +1,685 @@
+"""Turns (`chat_turns`) and the message rows a turn writes: the queries of the send / finalize / mutate /
+watchdog paths.
+
+Every function runs on the `databases.Database` handed in; inside `async with db.transaction()` (or the
+outbox's transaction) the queries of one task share that transaction. State changes are compare-and-set
+UPDATEs with `RETURNING id`, so "rows affected" is exact on both engines (`databases` reports no rowcount).
+Unique-index violations surface as `TurnConflict` so callers can answer 409 instead of 500.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import asyncpg
+import databases
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from minichat_host.db.repos.common import as_utc, as_uuid
+from minichat_host.db.tables import (
+    attachments,
+    chat_turns,
+    chat_vector_stores,
+    chats,
+    message_attachments,
+    messages,
+    thread_summaries,
+)
+
+TurnState = Literal["running", "completed", "failed", "cancelled"]
+TERMINAL_STATES: Final = frozenset({"completed", "failed", "cancelled"})
+ToolCounter = Literal["web_search", "code_interpreter", "file_search"]
+
+_TOOL_COLUMNS: Final[dict[str, str]] = {
+    "web_search": "web_search_completed_count",
+    "code_interpreter": "code_interpreter_completed_count",
+    "file_search": "file_search_completed_count",
+}
+
+
+class TurnConflict(Exception):
+    """An insert hit a unique index: a running turn exists, or the request_id / message is taken."""
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """True for a unique / primary-key violation on either engine (wrapped by SQLAlchemy or raw)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, asyncpg.UniqueViolationError):
+            return True
+        if isinstance(current, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(current):
+            return True
+        if isinstance(current, IntegrityError) and current.orig is not None:
+            current = current.orig
+            continue
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _plain(record: Any, names: Iterable[str]) -> dict[str, Any]:
+    """Column values with driver types normalized (asyncpg's UUID class, naive SQLite datetimes)."""
+    values: dict[str, Any] = {}
+    for name in names:
+        value = record[name]
+        if isinstance(value, uuid.UUID):
+            value = as_uuid(value)
+        elif isinstance(value, dt.datetime):
+            value = as_utc(value)
+        values[name] = value
+    return values
+
+
+# --- turn rows ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TurnRow:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    chat_id: uuid.UUID
+    request_id: uuid.UUID
+    requester_type: str
+    requester_user_id: uuid.UUID | None
+    state: TurnState
+    provider_name: str | None
+    provider_response_id: str | None
+    assistant_message_id: uuid.UUID | None
+    error_code: str | None
+    error_detail: str | None
+    reserve_tokens: int | None
+    max_output_tokens_applied: int | None
+    reserved_credits_micro: int | None
+    policy_version_applied: int | None
+    effective_model: str | None
+    minimal_generation_floor_applied: int | None
+    quota_decision: str | None
+    downgrade_from: str | None
+    downgrade_reason: str | None
+    web_search_enabled: bool
+    web_search_completed_count: int
+    code_interpreter_completed_count: int
+    file_search_completed_count: int
+    deleted_at: dt.datetime | None
+    replaced_by_request_id: uuid.UUID | None
+    started_at: dt.datetime
+    last_progress_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    updated_at: dt.datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_record(cls, record: Any) -> TurnRow:
+        return cls(**_plain(record, cls.__slots__))  # type: ignore[attr-defined]
+
+
+_TURN_COLUMNS = [chat_turns.c[name] for name in TurnRow.__slots__]  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """The preflight columns of a turn (NULL on a retry/edit turn until its back-fill)."""
+
+    reserve_tokens: int
+    max_output_tokens_applied: int
+    reserved_credits_micro: int
+    policy_version_applied: int
+    effective_model: str
+    minimal_generation_floor_applied: int
+    quota_decision: str
+    downgrade_from: str | None
+    downgrade_reason: str | None
+    provider_name: str | None
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+async def insert_turn(
+    db: databases.Database,
+    *,
+    turn_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    request_id: uuid.UUID,
+    requester_user_id: uuid.UUID,
+    web_search_enabled: bool,
+    now: dt.datetime,
+    preflight: Preflight | None,
+) -> None:
+    """Insert a `running` turn (started_at = last_progress_at = now). `TurnConflict` on a unique index."""
+    values: dict[str, Any] = {
+        "id": turn_id,
+        "tenant_id": tenant_id,
+        "chat_id": chat_id,
+        "request_id": request_id,
+        "requester_type": "user",
+        "requester_user_id": requester_user_id,
+        "state": "running",
+        "web_search_enabled": web_search_enabled,
+        "started_at": now,
+        "last_progress_at": now,
+        "updated_at": now,
+    }
+    if preflight is not None:
+        values.update(preflight.values())
+    await _insert_or_conflict(db, chat_turns.insert().values(**values))
+
+
+async def _insert_or_conflict(db: databases.Database, statement: sa.ClauseElement) -> None:
+    try:
+        await db.execute(statement)
+    except Exception as exc:
+        if is_unique_violation(exc):
+            raise TurnConflict(str(exc)) from exc
+        raise
+
+
+async def backfill_preflight(
+    db: databases.Database, turn_id: uuid.UUID, preflight: Preflight, now: dt.datetime
+) -> bool:
+    """Set the preflight columns of a still-running retry/edit turn; False when it is no longer running."""
+    row = await db.fetch_one(
+        chat_turns.update()
+        .where(chat_turns.c.id == turn_id, chat_turns.c.state == "running")
+        .values(**preflight.values(), updated_at=now)
+        .returning(chat_turns.c.id)
+    )
+    return row is not None
+
+
+async def get_turn(db: databases.Database, turn_id: uuid.UUID) -> TurnRow | None:
+    record = await db.fetch_one(sa.select(*_TURN_COLUMNS).where(chat_turns.c.id == turn_id))
+    return TurnRow.from_record(record) if record is not None else None
+
+
+async def find_by_request(
+    db: databases.Database, chat_id: uuid.UUID, request_id: uuid.UUID
+) -> TurnRow | None:
+    """The turn of (chat_id, request_id), soft-deleted ones included (a request_id is never reused)."""
+    record = await db.fetch_one(
+        sa.select(*_TURN_COLUMNS).where(
+            chat_turns.c.chat_id == chat_id, chat_turns.c.request_id == request_id
+        )
+    )
+    return TurnRow.from_record(record) if record is not None else None
+
+
+async def find_running(db: databases.Database, chat_id: uuid.UUID) -> TurnRow | None:
+    """The chat's live running turn, if any (at most one: a partial unique index)."""
+    record = await db.fetch_one(
+        sa.select(*_TURN_COLUMNS).where(
+            chat_turns.c.chat_id == chat_id,
+            chat_turns.c.state == "running",
+            chat_turns.c.deleted_at.is_(None),
+        )
+    )
+    return TurnRow.from_record(record) if record is not None else None
+
+
+async def latest_live_turn(
+    db: databases.Database, chat_id: uuid.UUID, *, for_update: bool = False
+) -> TurnRow | None:
+    """The chat's newest live turn by (started_at, id), locked on PostgreSQL when `for_update`."""
+    query = (
+        sa.select(*_TURN_COLUMNS)
+        .where(chat_turns.c.chat_id == chat_id, chat_turns.c.deleted_at.is_(None))
+        .order_by(chat_turns.c.started_at.desc(), chat_turns.c.id.desc())
+        .limit(1)
+    )
+    if for_update:
+        query = query.with_for_update()
+    record = await db.fetch_one(query)
+    return TurnRow.from_record(record) if record is not None else None
+
+
+async def cas_finish(
+    db: databases.Database,
+    turn_id: uuid.UUID,
+    *,
+    state: TurnState,
+    error_code: str | None,
+    error_detail: str | None,
+    provider_response_id: str | None,
+    now: dt.datetime,
+) -> bool:
+    """`running → state` compare-and-set; True only for the one caller that made the change."""
+    values: dict[str, Any] = {
+        "state": state,
+        "error_code": error_code,
+        "error_detail": error_detail,
+        "completed_at": now,
+        "updated_at": now,
+    }
+    if provider_response_id is not None:
+        values["provider_response_id"] = provider_response_id
+    row = await db.fetch_one(
+        chat_turns.update()
+        .where(chat_turns.c.id == turn_id, chat_turns.c.state == "running")
+        .values(**values)
+        .returning(chat_turns.c.id)
+    )
+    return row is not None
+
+
+async def cas_orphan(
+    db: databases.Database, turn_id: uuid.UUID, *, stale_before: dt.datetime, now: dt.datetime
+) -> bool:
+    """The watchdog's re-checked CAS: still running, live and without progress since `stale_before`."""
+    row = await db.fetch_one(
+        chat_turns.update()
+        .where(
+            chat_turns.c.id == turn_id,
+            chat_turns.c.state == "running",
+            chat_turns.c.deleted_at.is_(None),
+            chat_turns.c.last_progress_at <= stale_before,
+        )
+        .values(state="failed", error_code="orphan_timeout", completed_at=now, updated_at=now)
+        .returning(chat_turns.c.id)
+    )
+    return row is not None
+
+
+async def find_stale_running(
+    db: databases.Database, *, stale_before: dt.datetime, limit: int = 100
+) -> list[TurnRow]:
+    """Up to `limit` live running turns without progress since `stale_before`, oldest progress first."""
+    records = await db.fetch_all(
+        sa.select(*_TURN_COLUMNS)
+        .where(
+            chat_turns.c.state == "running",
+            chat_turns.c.deleted_at.is_(None),
+            chat_turns.c.last_progress_at <= stale_before,
+        )
+        .order_by(chat_turns.c.last_progress_at, chat_turns.c.id)
+        .limit(limit)
+    )
+    return [TurnRow.from_record(r) for r in records]
+
+
+async def set_assistant_message(db: databases.Database, turn_id: uuid.UUID, message_id: uuid.UUID) -> None:
+    await db.execute(
+        chat_turns.update().where(chat_turns.c.id == turn_id).values(assistant_message_id=message_id)
+    )
+
+
+async def touch_progress(db: databases.Database, turn_id: uuid.UUID, now: dt.datetime) -> bool:
+    """Record progress of a running turn (the watchdog's staleness clock); False when it is not running."""
+    row = await db.fetch_one(
+        chat_turns.update()
+        .where(chat_turns.c.id == turn_id, chat_turns.c.state == "running")
+        .values(last_progress_at=now)
+        .returning(chat_turns.c.id)
+    )
+    return row is not None
+
+
+async def increment_tool_count(
+    db: databases.Database, turn_id: uuid.UUID, tool: ToolCounter, now: dt.datetime
+) -> None:
+    """Count one finished tool call on a running turn; the call is progress too."""
+    column = chat_turns.c[_TOOL_COLUMNS[tool]]
+    await db.execute(
+        chat_turns.update()
+        .where(chat_turns.c.id == turn_id, chat_turns.c.state == "running")
+        .values({column: column + 1, chat_turns.c.last_progress_at: now})
+    )
+
+
+async def soft_delete_turn(
+    db: databases.Database, turn: TurnRow, *, now: dt.datetime, replaced_by: uuid.UUID | None = None
+) -> None:
+    """Soft-delete a turn and its live messages (`replaced_by_request_id` set by retry/edit)."""
+    await db.execute(
+        chat_turns.update()
+        .where(chat_turns.c.id == turn.id)
+        .values(deleted_at=now, updated_at=now, replaced_by_request_id=replaced_by)
+    )
+    await db.execute(
+        messages.update()
+        .where(
+            messages.c.chat_id == turn.chat_id,
+            messages.c.request_id == turn.request_id,
+            messages.c.deleted_at.is_(None),
+        )
+        .values(deleted_at=now)
+    )
+
+
+async def chat_owner(db: databases.Database, chat_id: uuid.UUID) -> uuid.UUID | None:
+    """The user who owns a chat (deleted chats included)."""
+    value = await db.fetch_val(sa.select(chats.c.user_id).where(chats.c.id == chat_id))
+    return as_uuid(value) if value is not None else None
+
+
+# --- messages of a turn ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    request_id: uuid.UUID | None
+    role: str
+    content: str
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    created_at: dt.datetime
+    deleted_at: dt.datetime | None
+
+    @classmethod
+    def from_record(cls, record: Any) -> MessageRow:
+        return cls(**_plain(record, cls.__slots__))  # type: ignore[attr-defined]
+
+
+_MESSAGE_COLUMNS = [messages.c[name] for name in MessageRow.__slots__]  # type: ignore[attr-defined]
+
+
+async def insert_user_message(
+    db: databases.Database,
+    *,
+    message_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    request_id: uuid.UUID,
+    content: str,
+    token_estimate: int,
+    now: dt.datetime,
+) -> None:
+    """Insert the user message of a turn; `TurnConflict` when the request already has a live one."""
+    await _insert_or_conflict(
+        db,
+        messages.insert().values(
+            id=message_id,
+            tenant_id=tenant_id,
+            chat_id=chat_id,
+            request_id=request_id,
+            role="user",
+            content=content,
+            token_estimate=token_estimate,
+            created_at=now,
+        ),
+    )
+
+
+async def insert_assistant_message(
+    db: databases.Database,
+    *,
+    message_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    request_id: uuid.UUID,
+    content: str,
+    model: str,
+    provider_response_id: str | None,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_input_tokens: int,
+    cache_write_input_tokens: int,
+    reasoning_tokens: int,
+    token_estimate: int,
+    features_used: Sequence[str],
+    now: dt.datetime,
+) -> None:
+    await db.execute(
+        messages.insert().values(
+            id=message_id,
+            tenant_id=tenant_id,
+            chat_id=chat_id,
+            request_id=request_id,
+            role="assistant",
+            content=content,
+            token_estimate=token_estimate,
+            provider_response_id=provider_response_id,
+            features_used=list(features_used),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_input_tokens=cache_read_input_tokens,
+            cache_write_input_tokens=cache_write_input_tokens,
+            reasoning_tokens=reasoning_tokens,
+            model=model,
+            created_at=now,
+        )
+    )
+
+
+async def get_message(db: databases.Database, message_id: uuid.UUID) -> MessageRow | None:
+    record = await db.fetch_one(sa.select(*_MESSAGE_COLUMNS).where(messages.c.id == message_id))
+    return MessageRow.from_record(record) if record is not None else None
+
+
+async def user_message_of(
+    db: databases.Database, chat_id: uuid.UUID, request_id: uuid.UUID
+) -> MessageRow | None:
+    """The live user message of a turn (retry copies its content)."""
+    record = await db.fetch_one(
+        sa.select(*_MESSAGE_COLUMNS).where(
+            messages.c.chat_id == chat_id,
+            messages.c.request_id == request_id,
+            messages.c.role == "user",
+            messages.c.deleted_at.is_(None),
+        )
+    )
+    return MessageRow.from_record(record) if record is not None else None
+
+
+async def newest_live_message(db: databases.Database, chat_id: uuid.UUID) -> MessageRow | None:
+    """The snapshot boundary: the chat's newest live message by (created_at, id)."""
+    record = await db.fetch_one(
+        sa.select(*_MESSAGE_COLUMNS)
+        .where(messages.c.chat_id == chat_id, messages.c.deleted_at.is_(None))
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+        .limit(1)
+    )
+    return MessageRow.from_record(record) if record is not None else None
+
+
+async def prior_context_tokens(db: databases.Database, chat_id: uuid.UUID) -> int:
+    """input + output tokens of the newest live assistant message that reported any tokens."""
+    record = await db.fetch_one(
+        sa.select(messages.c.input_tokens, messages.c.output_tokens)
+        .where(
+            messages.c.chat_id == chat_id,
+            messages.c.role == "assistant",
+            messages.c.deleted_at.is_(None),
+            sa.or_(messages.c.input_tokens > 0, messages.c.output_tokens > 0),
+        )
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+        .limit(1)
+    )
+    if record is None:
+        return 0
+    return int(record["input_tokens"]) + int(record["output_tokens"])
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """A `(created_at, id)` position in a chat's message order."""
+
+    created_at: dt.datetime
+    message_id: uuid.UUID
+
+
+def _after(position: Boundary) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        messages.c.created_at > position.created_at,
+        sa.and_(messages.c.created_at == position.created_at, messages.c.id > position.message_id),
+    )
+
+
+def _at_or_before(position: Boundary) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        messages.c.created_at < position.created_at,
+        sa.and_(messages.c.created_at == position.created_at, messages.c.id <= position.message_id),
+    )
+
+
+async def context_history(
+    db: databases.Database,
+    chat_id: uuid.UUID,
+    *,
+    boundary: Boundary | None,
+    frontier: Boundary | None,
+    limit: int,
+) -> list[MessageRow]:
+    """History offered to context assembly, oldest first: live rows with a request_id, not compressed,
+    at or before `boundary` (None: the chat had no messages), after the summary `frontier`; the newest
+    `limit` of them."""
+    if boundary is None or limit <= 0:
+        return []
+    query = sa.select(*_MESSAGE_COLUMNS).where(
+        messages.c.chat_id == chat_id,
+        messages.c.deleted_at.is_(None),
+        messages.c.request_id.is_not(None),
+        messages.c.is_compressed.is_(False),
+        _at_or_before(boundary),
+    )
+    if frontier is not None:
+        query = query.where(_after(frontier))
+    records = await db.fetch_all(
+        query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
+    )
+    return [MessageRow.from_record(r) for r in reversed(records)]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    text: str
+    token_estimate: int
+    frontier: Boundary
+
+
+async def thread_summary(db: databases.Database, chat_id: uuid.UUID) -> SummaryRow | None:
+    record = await db.fetch_one(
+        sa.select(
+            thread_summaries.c.summary_text,
+            thread_summaries.c.token_estimate,
+            thread_summaries.c.summarized_up_to_created_at,
+            thread_summaries.c.summarized_up_to_message_id,
+        ).where(thread_summaries.c.chat_id == chat_id)
+    )
+    if record is None:
+        return None
+    return SummaryRow(
+        text=record["summary_text"],
+        token_estimate=int(record["token_estimate"]),
+        frontier=Boundary(
+            as_utc(record["summarized_up_to_created_at"]), as_uuid(record["summarized_up_to_message_id"])
+        ),
+    )
+
+
+# --- attachments of a turn ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AttachmentRow:
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    uploaded_by_user_id: uuid.UUID
+    filename: str
+    content_type: str
+    size_bytes: int
+    status: str
+    attachment_kind: str
+    provider_file_id: str | None
+    for_file_search: bool
+    for_code_interpreter: bool
+    doc_summary: str | None
+    deleted_at: dt.datetime | None
+
+    @classmethod
+    def from_record(cls, record: Any) -> AttachmentRow:
+        return cls(**_plain(record, cls.__slots__))  # type: ignore[attr-defined]
+
+
+_ATTACHMENT_COLUMNS = [attachments.c[name] for name in AttachmentRow.__slots__]  # type: ignore[attr-defined]
+
+
+async def attachments_by_id(
+    db: databases.Database, chat_id: uuid.UUID, attachment_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, AttachmentRow]:
+    """The chat's attachments among `attachment_ids` (deleted ones included; callers check)."""
+    ids = list(attachment_ids)
+    if not ids:
+        return {}
+    records = await db.fetch_all(
+        sa.select(*_ATTACHMENT_COLUMNS).where(attachments.c.chat_id == chat_id, attachments.c.id.in_(ids))
+    )
+    rows = [AttachmentRow.from_record(r) for r in records]
+    return {row.id: row for row in rows}
+
+
+async def message_attachments_of(
+    db: databases.Database, chat_id: uuid.UUID, message_id: uuid.UUID
+) -> list[AttachmentRow]:
+    """Live attachments linked to a message, in link order."""
+    records = await db.fetch_all(
+        sa.select(*_ATTACHMENT_COLUMNS)
+        .select_from(
+            message_attachments.join(
+                attachments,
+                sa.and_(
+                    attachments.c.id == message_attachments.c.attachment_id,
+                    attachments.c.chat_id == message_attachments.c.chat_id,
+                ),
+            )
+        )
+        .where(
+            message_attachments.c.chat_id == chat_id,
+            message_attachments.c.message_id == message_id,
+            attachments.c.deleted_at.is_(None),
+        )
+        .order_by(message_attachments.c.created_at, attachments.c.id)
+    )
+    return [AttachmentRow.from_record(r) for r in records]
+
+
+async def link_attachments(
+    db: databases.Database,
+    *,
+    tenant_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    message_id: uuid.UUID,
+    attachment_ids: Sequence[uuid.UUID],
+    now: dt.datetime,
+) -> None:
+    for attachment_id in attachment_ids:
+        await db.execute(
+            message_attachments.insert().values(
+                tenant_id=tenant_id,
+                chat_id=chat_id,
+                message_id=message_id,
+                attachment_id=attachment_id,
+                created_at=now,
+            )
+        )
+
+
+async def ready_documents(db: databases.Database, chat_id: uuid.UUID) -> list[AttachmentRow]:
+    """The chat's live, ready document attachments (file search / code interpreter inputs)."""
+    records = await db.fetch_all(
+        sa.select(*_ATTACHMENT_COLUMNS)
+        .where(
+            attachments.c.chat_id == chat_id,
+            attachments.c.deleted_at.is_(None),
+            attachments.c.status == "ready",
+            attachments.c.attachment_kind == "document",
+        )
+        .order_by(attachments.c.created_at, attachments.c.id)
+    )
+    return [AttachmentRow.from_record(r) for r in records]
+
+
+async def vector_store_id(db: databases.Database, tenant_id: uuid.UUID, chat_id: uuid.UUID) -> str | None:
+    value = await db.fetch_val(
+        sa.select(chat_vector_stores.c.vector_store_id).where(
+            chat_vector_stores.c.tenant_id == tenant_id, chat_vector_stores.c.chat_id == chat_id
+        )
+    )
+    return str(value) if value else None

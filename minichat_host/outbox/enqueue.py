@@ -1,0 +1,175 @@
+"""Enqueue inside the caller's transaction, and the stable key → partition hash.
+
+Partitioning (stable across processes, versions and Python's hash seed):
+- a `uuid.UUID`, or a `str` that parses as a UUID, maps to `uuid.int % partitions` (as the original);
+- any other `str` maps to `int.from_bytes(blake2b(key_utf8, digest_size=8).digest(), "big") % partitions`;
+- an `int` maps to `key % partitions`.
+Partition counts are powers of two up to 64, so `hash % 64 % n == hash % n`: the database only ever sees
+`hash % 64`, and the partition row is chosen in SQL from the queue's registered partition count. Enqueue
+therefore needs no scheduler object and works from any process that shares the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import databases
+import msgspec
+import sqlalchemy as sa
+
+from minichat_host import constants
+from minichat_host.outbox.errors import (
+    InvalidPartitionCount,
+    InvalidPayloadType,
+    InvalidQueueName,
+    PayloadTooLarge,
+    QueueNotRegistered,
+)
+from minichat_host.outbox.models import Enqueued
+from minichat_host.outbox.tables import outbox_body, outbox_incoming, outbox_partitions
+
+MAX_PARTITIONS: Final = 64
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 65536
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,1022}[A-Za-z0-9])?$")
+_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,1024}$")
+
+PartitionKey = uuid.UUID | str | int
+Payload = msgspec.Struct | bytes | Mapping[str, Any]
+Clock = Callable[[], dt.datetime]
+DatabaseOrConnection = databases.Database | databases.core.Connection
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def validate_queue_name(name: str) -> str:
+    if not _QUEUE_NAME.match(name):
+        raise InvalidQueueName(
+            f"invalid queue name {name!r}: use 1-1024 characters of [A-Za-z0-9._-], "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_partitions(partitions: int) -> int:
+    if not 1 <= partitions <= MAX_PARTITIONS or partitions & (partitions - 1):
+        raise InvalidPartitionCount(f"partitions must be a power of two from 1 to 64, got {partitions}")
+    return partitions
+
+
+def validate_payload_type(payload_type: str) -> str:
+    if not _PRINTABLE_ASCII.match(payload_type):
+        raise InvalidPayloadType(
+            f"payload type must be 1-1024 printable ASCII characters, got {payload_type!r}"
+        )
+    return payload_type
+
+
+def key_hash(key: PartitionKey) -> int:
+    """The stable non-negative hash of a partition key (see the module docstring)."""
+    if isinstance(key, uuid.UUID):
+        return key.int
+    if isinstance(key, bool):
+        raise TypeError("a partition key must be a UUID, str or int, not bool")
+    if isinstance(key, int):
+        if key < 0:
+            raise ValueError("an int partition key must not be negative")
+        return key
+    if isinstance(key, str):
+        try:
+            return uuid.UUID(key).int
+        except ValueError:
+            return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+    raise TypeError(f"a partition key must be a UUID, str or int, not {type(key).__name__}")
+
+
+def partition_for(key: PartitionKey, partitions: int) -> int:
+    """The partition index of `key` in a queue with `partitions` partitions."""
+    return key_hash(key) % validate_partitions(partitions)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """bytes as they are; a msgspec Struct or a mapping as JSON."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    return msgspec.json.encode(payload)
+
+
+def _dialect_of(db: DatabaseOrConnection) -> str:
+    database: databases.Database = db if isinstance(db, databases.Database) else db._database
+    return "postgresql" if database.url.dialect in ("postgresql", "postgres") else database.url.dialect
+
+
+def _partition_row(queue: str, hash64: int) -> sa.Select[tuple[int, int]]:
+    """SELECT id, partition of the partition row `hash64 mod count(partitions of queue)`."""
+    count = (
+        sa.select(sa.func.count())
+        .select_from(outbox_partitions)
+        .where(outbox_partitions.c.queue == queue)
+        .scalar_subquery()
+    )
+    return sa.select(outbox_partitions.c.id, outbox_partitions.c.partition).where(
+        outbox_partitions.c.queue == queue,
+        # Counts are powers of two, so `& (count - 1)` is `% count` (and keeps '%' out of the SQL text,
+        # which databases' SQLite backend would take for a format directive).
+        outbox_partitions.c.partition == sa.literal(hash64, sa.Integer).bitwise_and(count - 1),
+    )
+
+
+async def enqueue(
+    db: DatabaseOrConnection,
+    queue: str,
+    key: PartitionKey,
+    payload: Payload,
+    *,
+    payload_type: str = constants.PAYLOAD_TYPE_JSON,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    clock: Clock = utc_now,
+) -> Enqueued:
+    """Write one message in the caller's open transaction (body + incoming rows).
+
+    Nothing is visible to the scheduler until the caller commits; a rollback leaves no row. After the
+    commit, call `Outbox.notify(result.queue, result.partition)` (or use `Outbox.transaction()`, which
+    does it for you); without a wake-up the message is still found by the reconciler.
+    """
+    data = encode_payload(payload)
+    if len(data) > max_payload_bytes:
+        raise PayloadTooLarge(
+            f"payload of {len(data)} bytes for queue {queue!r} exceeds the limit of "
+            f"{max_payload_bytes} bytes (outbox.max_payload_bytes)"
+        )
+    validate_payload_type(payload_type)
+    hash64 = key_hash(key) % MAX_PARTITIONS
+    body_values = {"payload": data, "payload_type": payload_type, "created_at": clock()}
+    not_registered = QueueNotRegistered(f"queue {queue!r} has no partitions in the database (not registered)")
+    if _dialect_of(db) == "postgresql":
+        # One round trip: find the partition, insert the body, feed its id to the incoming insert.
+        target = _partition_row(queue, hash64).cte("target")
+        body = sa.insert(outbox_body).values(**body_values).returning(outbox_body.c.id).cte("body")
+        incoming = (
+            sa.insert(outbox_incoming)
+            .from_select(["partition_id", "body_id"], sa.select(target.c.id, body.c.id))
+            .returning(outbox_incoming.c.partition_id)
+            .cte("incoming")
+        )
+        row = await db.fetch_one(
+            sa.select(target.c.id, target.c.partition).select_from(
+                target.join(incoming, incoming.c.partition_id == target.c.id)
+            )
+        )
+        if row is None:
+            raise not_registered
+        return Enqueued(queue=queue, partition=int(row[1]), partition_id=int(row[0]))
+    # SQLite has no data-modifying CTEs.
+    found = await db.fetch_one(_partition_row(queue, hash64))
+    if found is None:
+        raise not_registered
+    body_id = await db.fetch_val(sa.insert(outbox_body).values(**body_values).returning(outbox_body.c.id))
+    await db.execute(sa.insert(outbox_incoming).values(partition_id=int(found[0]), body_id=int(body_id)))
+    return Enqueued(queue=queue, partition=int(found[1]), partition_id=int(found[0]))

@@ -1,0 +1,221 @@
+"""HTTP plumbing shared by the OpenAI-style adapters: endpoint and auth resolution (with per-tenant
+overrides), one lazily created `aiohttp.ClientSession` per provider, SSE reading, and the mapping of
+transport failures and HTTP statuses to `ProviderError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import aiohttp
+import msgspec
+
+from minichat_host.config import ProviderConfig
+from minichat_host.providers.base import ProviderError, ProviderErrorCode
+from minichat_host.providers.sse import SseEvent, SseParser
+
+log = logging.getLogger("minichat.providers")
+
+ERROR_BODY_LIMIT = 64 * 1024
+_MESSAGE_LIMIT = 500
+_CONTEXT_LENGTH = re.compile(
+    r"context[ _-]?(length|window)|maximum context|too many (input )?tokens|prompt is too long", re.IGNORECASE
+)
+_CONTEXT_LENGTH_CODES = frozenset(
+    {"context_length_exceeded", "context_window_exceeded", "string_above_max_length"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: str
+    params: dict[str, str]
+    headers: dict[str, str]
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def error_code_from_upstream(code: str | None, message: str) -> ProviderErrorCode:
+    """Map an upstream error code / message (error bodies, `error` events, `response.failed`) to ours."""
+    lowered = (code or "").lower()
+    if lowered in _CONTEXT_LENGTH_CODES or _CONTEXT_LENGTH.search(message):
+        return "context_length_exceeded"
+    if lowered in ("rate_limit_exceeded", "rate_limited", "429", "too_many_requests"):
+        return "rate_limited"
+    if lowered in ("timeout", "request_timeout", "408", "504"):
+        return "provider_timeout"
+    return "provider_error"
+
+
+def parse_error_body(raw: bytes) -> tuple[str | None, str]:
+    """(code, message) from an OpenAI / Azure / gateway error body; tolerant of anything."""
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None, raw.decode("utf-8", errors="replace").strip()
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        code = error.get("code") or error.get("type")
+        message = error.get("message")
+        return (str(code) if code is not None else None), (str(message) if message else "")
+    if isinstance(error, str):
+        return None, error
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return None, doc["message"]
+    return None, raw.decode("utf-8", errors="replace").strip()
+
+
+def error_from_status(status: int, raw: bytes) -> ProviderError:
+    code, message = parse_error_body(raw)
+    detail = _clip(message) or "no error details"
+    text = f"upstream HTTP {status}: {detail}"
+    if status == 429:
+        return ProviderError("rate_limited", text, status=status)
+    if 400 <= status < 500 and error_code_from_upstream(code, message) == "context_length_exceeded":
+        return ProviderError("context_length_exceeded", text, status=status)
+    return ProviderError("provider_error", text, status=status)
+
+
+def error_from_exception(exc: BaseException, *, during: str) -> ProviderError:
+    """Transport failures: connect/read timeouts -> provider_timeout, everything else -> provider_error."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ProviderError("provider_timeout", f"connecting to the provider timed out ({during})")
+    if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError / ServerTimeoutError: read stall
+        return ProviderError(
+            "provider_timeout", f"the provider sent nothing within the read timeout ({during})"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ProviderError("provider_error", f"cannot connect to the provider: {_clip(str(exc))}")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return ProviderError("provider_error", f"the provider connection broke ({during})")
+    return ProviderError(
+        "provider_error", f"provider transport error ({during}): {_clip(str(exc)) or type(exc).__name__}"
+    )
+
+
+class UpstreamClient:
+    """Everything a provider needs to talk HTTP to its upstream, for one `providers.<id>` entry."""
+
+    def __init__(self, provider_id: str, cfg: ProviderConfig, *, api_path: str | None = None) -> None:
+        self.provider_id = provider_id
+        self.cfg = cfg
+        self._api_path = api_path or cfg.api_path
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # --- session ---------------------------------------------------------------------------------
+    def session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ProviderError("provider_error", f"provider {self.provider_id!r} is shut down")
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.cfg.connect_timeout_seconds,
+                # Applies to every socket read: a stall between two chunks longer than this fails the call.
+                sock_read=self.cfg.read_timeout_seconds,
+            )
+            # No pool cap: concurrency is bounded by the host (one stream per running turn).
+            connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=connector, raise_for_status=False, auto_decompress=True
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- endpoint --------------------------------------------------------------------------------
+    def endpoint(self, tenant_id: str, model: str, *, accept: str) -> Endpoint:
+        overrides = self.cfg.tenant_overrides.get(tenant_id, {})
+        base_url = (overrides.get("base_url") or self.cfg.base_url).rstrip("/")
+        api_key = overrides.get("api_key", self.cfg.api_key)
+        api_version = overrides.get("api_version", self.cfg.api_version)
+        path = overrides.get("api_path") or self._api_path
+        path = path.replace("{model}", quote(model, safe=""))
+        path, _, query = path.partition("?")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        # Azure's dated APIs need `api-version`; its `/openai/v1/` surface is versionless.
+        if api_version and "api-version" not in params and not path.startswith("/openai/v1/"):
+            params["api-version"] = api_version
+        headers = {"Accept": accept, "Content-Type": "application/json"}
+        if self.cfg.auth == "bearer" and api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        elif self.cfg.auth == "api-key" and api_key:
+            headers["api-key"] = api_key
+        return Endpoint(url=base_url + path, params=params, headers=headers)
+
+    # --- requests --------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def post(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST JSON; yields a 2xx response. Any failure (or cancellation) closes the connection at once."""
+        payload = msgspec.json.encode(body)
+        try:
+            response = await self.session().post(
+                endpoint.url, params=endpoint.params, headers=endpoint.headers, data=payload
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise error_from_exception(exc, during="sending the request") from exc
+        try:
+            if response.status >= 300:
+                try:
+                    raw = await response.content.read(ERROR_BODY_LIMIT)
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    raw = b""
+                raise error_from_status(response.status, raw)
+            yield response
+        except BaseException:
+            response.close()
+            raise
+        else:
+            # At EOF this returns the connection to the pool; with unread bytes aiohttp closes it.
+            response.release()
+
+    async def read_json(self, response: aiohttp.ClientResponse) -> Any:
+        try:
+            raw = await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise error_from_exception(exc, during="reading the response") from exc
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise ProviderError("provider_error", "the provider sent a response that is not JSON") from None
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[SseEvent, None]:
+    """Each SSE event as soon as its bytes arrive (no buffering beyond the event itself)."""
+    parser = SseParser()
+    try:
+        async for chunk in response.content.iter_any():
+            for event in parser.feed(chunk):
+                yield event
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise error_from_exception(exc, during="streaming") from exc
+
+
+def decode_event_json(event: SseEvent) -> dict[str, Any]:
+    try:
+        doc = msgspec.json.decode(event.data)
+    except msgspec.DecodeError:
+        raise ProviderError(
+            "provider_error", "the provider sent a malformed stream event (not JSON)"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ProviderError("provider_error", "the provider sent a malformed stream event (not an object)")
+    return doc
+
+
+def as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

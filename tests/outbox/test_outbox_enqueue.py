@@ -1,0 +1,197 @@
+"""Enqueue in the caller's transaction, wake-ups after commit, sequencing (scenarios 1, 2 and 10 of §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import databases
+import msgspec
+import pytest
+import sqlalchemy as sa
+
+from minichat_host.outbox import (
+    InvalidPartitionCount,
+    InvalidQueueName,
+    InvalidQueueTimeout,
+    PartitionCountMismatch,
+    PayloadTooLarge,
+    QueueNotRegistered,
+    enqueue,
+    key_hash,
+    partition_for,
+)
+from minichat_host.outbox.tables import outbox_body, outbox_incoming, outbox_outgoing
+
+from .conftest import OutboxFactory
+from .helpers import QUEUE, Recorder, fast_config, wait_for
+
+
+class Note(msgspec.Struct):
+    text: str
+    n: int
+
+
+async def count_rows(database: databases.Database, table: sa.Table) -> int:
+    return int(await database.fetch_val(sa.select(sa.func.count()).select_from(table)))
+
+
+def test_partition_hash_is_stable_and_documented() -> None:
+    key = uuid.UUID("00000000-df51-5b42-9538-d2b56b7ee953")
+    assert partition_for(key, 4) == key.int % 4
+    # A UUID given as a string lands where the UUID does (tenant ids travel as both).
+    assert partition_for(str(key), 8) == partition_for(key, 8)
+    # Other strings: blake2b, stable across processes and Python's hash seed.
+    assert key_hash("chat-a") == key_hash("chat-a")
+    assert partition_for("chat-a", 64) == key_hash("chat-a") % 64
+    assert partition_for(13, 4) == 1
+    with pytest.raises(InvalidPartitionCount):
+        partition_for(key, 3)
+
+
+def test_register_queue_validation(make_outbox: OutboxFactory) -> None:
+    outbox = make_outbox(fast_config(lease_seconds=3.0, lease_headroom_seconds=0.5))
+    handler = Recorder()
+    with pytest.raises(InvalidQueueTimeout, match="below the lease budget 2.5s"):
+        outbox.register_queue(QUEUE, handler, partitions=4, timeout=2.5)
+    with pytest.raises(InvalidQueueName):
+        outbox.register_queue("-bad", handler, partitions=4, timeout=1.0)
+    with pytest.raises(InvalidPartitionCount):
+        outbox.register_queue(QUEUE, handler, partitions=6, timeout=1.0)
+    # A longer lease for one queue makes room for a longer timeout (the audit queue needs this).
+    spec = outbox.register_queue(QUEUE, handler, partitions=4, timeout=2.5, lease_seconds=6.0)
+    assert spec.lease_seconds == 6.0
+
+
+async def test_rollback_leaves_nothing_and_commit_is_delivered_once(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    recorder = Recorder()
+    outbox = make_outbox()
+    outbox.register_queue(QUEUE, recorder, partitions=4, timeout=1.0)
+    await outbox.start()
+    await wait_for(lambda: outbox.stats.polls >= 1)
+    wakeups = outbox.stats.sequencer_wakeups
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with outbox.transaction() as tx:
+            await tx.enqueue(QUEUE, uuid.uuid4(), Note(text="rolled back", n=1))
+            raise Boom
+    assert await count_rows(database, outbox_body) == 0
+    assert await count_rows(database, outbox_incoming) == 0
+    await asyncio.sleep(0.1)
+    assert outbox.stats.sequencer_wakeups == wakeups, "a rollback must not wake the sequencer"
+
+    async with outbox.transaction() as tx:
+        await tx.enqueue(QUEUE, uuid.uuid4(), Note(text="committed", n=2))
+    await wait_for(lambda: len(recorder.deliveries) == 1)
+    # Several polls and reconciles later it is still delivered exactly once.
+    polls = outbox.stats.polls
+    await wait_for(lambda: outbox.stats.polls >= polls + 5)
+    assert [d.decode(Note) for d in recorder.deliveries] == [Note(text="committed", n=2)]
+    assert recorder.deliveries[0].attempts == 0
+    assert recorder.deliveries[0].payload_type == "application/json"
+
+
+async def test_contiguous_seqs_in_order_across_batches_and_concurrent_producers(
+    make_outbox: OutboxFactory,
+) -> None:
+    recorder = Recorder()
+    outbox = make_outbox()
+    outbox.register_queue(QUEUE, recorder, partitions=4, timeout=1.0, batch_size=7)
+    await outbox.start()
+    key = uuid.uuid4()
+    partition = outbox.partition_for(QUEUE, key)
+
+    async def producer(name: str) -> None:
+        for txn in range(6):
+            async with outbox.transaction() as tx:
+                for i in range(5):
+                    await tx.enqueue(QUEUE, key, f"{name}:{txn}:{i}".encode())
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(asyncio.create_task(producer(n)) for n in "abcd"))
+    await wait_for(lambda: len(recorder.deliveries) == 120)
+    assert {d.partition for d in recorder.deliveries} == {partition}
+    assert recorder.seqs() == list(range(1, 121)), "contiguous seqs, delivered in seq order"
+    for name in "abcd":
+        mine = [d.payload.decode() for d in recorder.deliveries if d.payload.startswith(name.encode())]
+        expected = [f"{name}:{t}:{i}" for t in range(6) for i in range(5)]
+        assert mine == expected, "each producer's messages arrive in the order it committed them"
+
+
+async def test_wakeups_coalesce_and_reconciler_finds_unnotified_rows(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    recorder = Recorder()
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=0.3))
+    outbox.register_queue(QUEUE, recorder, partitions=2, timeout=1.0)
+    await outbox.start()
+    await wait_for(lambda: outbox.stats.reconciles >= 1)
+    before = outbox.stats.sequencer_wakeups
+    # A burst of notifications before the sequencer gets to run: one wake-up.
+    for _ in range(50):
+        outbox.notify(QUEUE)
+    await asyncio.sleep(0.05)
+    assert outbox.stats.sequencer_wakeups == before + 1
+
+    # Rows committed without any wake-up (another process, or a caller that forgot notify()).
+    async with database.transaction():
+        for i in range(3):
+            await enqueue(database, QUEUE, f"key-{i}", {"i": i})
+    await wait_for(lambda: len(recorder.deliveries) == 3, timeout=10)
+    assert outbox.stats.reconciles >= 2
+
+
+async def test_low_level_enqueue_and_notify(make_outbox: OutboxFactory, database: databases.Database) -> None:
+    recorder = Recorder()
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, recorder, partitions=4, timeout=1.0)
+    await outbox.start()
+    key = uuid.uuid4()
+    async with database.transaction():
+        result = await enqueue(database, QUEUE, key, Note(text="x", n=1))
+    assert result.partition == key.int % 4
+    assert result.queue == QUEUE
+    outbox.notify(result.queue, result.partition)
+    await wait_for(lambda: len(recorder.deliveries) == 1, timeout=5)
+
+
+async def test_nested_transactions_wake_after_the_outer_commit(make_outbox: OutboxFactory) -> None:
+    recorder = Recorder()
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, recorder, partitions=1, timeout=1.0)
+    await outbox.start()
+    async with outbox.transaction() as outer:
+        await outer.enqueue(QUEUE, "k", b"1")
+        async with outbox.transaction() as inner:
+            await inner.enqueue(QUEUE, "k", b"2")
+        assert inner is outer
+    await wait_for(lambda: recorder.payloads() == [b"1", b"2"], timeout=5)
+
+
+async def test_payload_limit_and_unregistered_queue(make_outbox: OutboxFactory, database: databases.Database) -> None:
+    outbox = make_outbox(fast_config(max_payload_bytes=100))
+    outbox.register_queue(QUEUE, Recorder(), partitions=2, timeout=1.0)
+    await outbox.ensure_queues()
+    with pytest.raises(PayloadTooLarge, match=r"payload of 101 bytes .* limit of 100 bytes \(outbox.max_payload_bytes\)"):
+        async with outbox.transaction() as tx:
+            await tx.enqueue(QUEUE, "k", b"x" * 101)
+    with pytest.raises(QueueNotRegistered):
+        async with outbox.transaction() as tx:
+            await tx.enqueue("no.such.queue", "k", b"x")
+    assert await count_rows(database, outbox_body) == 0
+    assert await count_rows(database, outbox_outgoing) == 0
+
+
+async def test_partition_count_mismatch_is_refused(make_outbox: OutboxFactory) -> None:
+    first = make_outbox()
+    first.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
+    await first.ensure_queues()
+    second = make_outbox()
+    second.register_queue(QUEUE, Recorder(), partitions=8, timeout=1.0)
+    with pytest.raises(PartitionCountMismatch, match="has 4 partitions in the database"):
+        await second.ensure_queues()

@@ -1,0 +1,83 @@
+"""The SSE parser: the same events whatever the chunking, down to one byte at a time."""
+
+from __future__ import annotations
+
+import pytest
+
+from minichat_host.providers.sse import SseEvent, SseParser
+
+STREAM = (
+    "\ufeff: a comment first\r\n"
+    "event: response.created\r\n"
+    'data: {"type":"response.created"}\r\n'
+    "\r\n"
+    "event: multi\n"
+    "data: line one\n"
+    "data:line two\n"
+    "data\n"
+    "id: 7\n"
+    "retry: 1000\n"
+    "unknown: field\n"
+    "\n"
+    "data: bare CR lines\r"
+    "event: cr\r"
+    "\r"
+    ": keep-alive comment\n\n"
+    "event: no-data-is-dropped\n\n"
+    "data: caf\u00e9 \u2603 \U0001f600\r\n\r\n"
+    "data:  two spaces keep one\n\n"
+    "data: [DONE]\n\n"
+    "data: cut off at the end"
+).encode()
+
+EXPECTED = [
+    SseEvent(event="response.created", data='{"type":"response.created"}'),
+    SseEvent(event="multi", data="line one\nline two\n", id="7"),
+    SseEvent(event="cr", data="bare CR lines", id="7"),
+    SseEvent(event="message", data="caf\u00e9 \u2603 \U0001f600", id="7"),
+    SseEvent(event="message", data=" two spaces keep one", id="7"),
+    SseEvent(event="message", data="[DONE]", id="7"),
+]
+
+
+def parse(chunks: list[bytes]) -> tuple[list[SseEvent], SseParser]:
+    parser = SseParser()
+    events: list[SseEvent] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    return events, parser
+
+
+def test_whole_stream() -> None:
+    events, parser = parse([STREAM])
+    assert events == EXPECTED
+    assert parser.has_partial_event  # the unterminated last event is never dispatched
+
+
+def test_one_byte_at_a_time() -> None:
+    events, _ = parse([STREAM[i : i + 1] for i in range(len(STREAM))])
+    assert events == EXPECTED
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_split_at_every_byte(cut: int) -> None:
+    events, _ = parse([STREAM[:cut], b"", STREAM[cut:]])
+    assert events == EXPECTED
+
+
+def test_crlf_split_between_cr_and_lf_is_one_line_end() -> None:
+    events, _ = parse([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"])
+    assert events == [SseEvent(event="message", data="a\nb")]
+
+
+def test_events_are_returned_as_soon_as_their_blank_line_arrives() -> None:
+    parser = SseParser()
+    assert parser.feed(b"data: first\n") == []
+    assert parser.feed(b"\n") == [SseEvent(event="message", data="first")]
+    assert parser.feed(b"data: second\n\ndata: thi") == [SseEvent(event="message", data="second")]
+    assert parser.has_partial_event
+
+
+def test_invalid_utf8_is_replaced_not_fatal() -> None:
+    events, _ = parse([b"data: \xff\xfe ok\n\n"])
+    assert events == [SseEvent(event="message", data="\ufffd\ufffd ok")]

@@ -1,0 +1,143 @@
+"""Repository behaviour on both engines: upserts, compare-and-set, unique-index conflicts, typed rows."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+import databases
+import pytest
+
+from minichat_host.db.repos import quota_ledger, turns
+from minichat_host.db.tables import chats
+from minichat_host.domain.models import BucketDelta, Period
+
+TENANT = uuid.uuid4()
+USER = uuid.uuid4()
+NOW = dt.datetime(2026, 3, 5, 12, 0, tzinfo=dt.UTC)
+PERIODS = [Period("daily", dt.date(2026, 3, 5)), Period("monthly", dt.date(2026, 3, 1))]
+
+
+async def _chat(db: databases.Database) -> uuid.UUID:
+    chat_id = uuid.uuid4()
+    await db.execute(
+        chats.insert().values(
+            id=chat_id, tenant_id=TENANT, user_id=USER, model="m", created_at=NOW, updated_at=NOW
+        )
+    )
+    return chat_id
+
+
+async def _turn(db: databases.Database, chat_id: uuid.UUID, request_id: uuid.UUID | None = None) -> uuid.UUID:
+    turn_id = uuid.uuid4()
+    await turns.insert_turn(
+        db,
+        turn_id=turn_id,
+        tenant_id=TENANT,
+        chat_id=chat_id,
+        request_id=request_id or uuid.uuid4(),
+        requester_user_id=USER,
+        web_search_enabled=False,
+        now=NOW,
+        preflight=None,
+    )
+    return turn_id
+
+
+async def test_reserve_upsert_then_settle(database: databases.Database) -> None:
+    deltas = [BucketDelta(p.period_type, p.period_start, "total", reserved_delta=1000) for p in PERIODS]
+    await quota_ledger.apply_deltas(database, TENANT, USER, deltas, now=NOW)
+    await quota_ledger.apply_deltas(database, TENANT, USER, deltas, now=NOW)
+    rows = await quota_ledger.load_usage(database, TENANT, USER, PERIODS, for_update=True)
+    assert {k: v.reserved_credits_micro for k, v in rows.items()} == {
+        ("daily", dt.date(2026, 3, 5), "total"): 2000,
+        ("monthly", dt.date(2026, 3, 1), "total"): 2000,
+    }
+    settle = [
+        BucketDelta(
+            p.period_type, p.period_start, "total", reserved_delta=-2000, spent_delta=1500, calls_delta=1,
+            input_tokens_delta=100, output_tokens_delta=50, web_search_calls_delta=2,
+        )
+        for p in PERIODS
+    ]
+    await quota_ledger.apply_deltas(database, TENANT, USER, settle, now=NOW)
+    rows = await quota_ledger.load_usage(database, TENANT, USER, PERIODS)
+    for row in rows.values():
+        assert (row.reserved_credits_micro, row.spent_credits_micro, row.web_search_calls) == (0, 1500, 2)
+    assert await quota_ledger.reserved_total(database, TENANT, USER) == 0
+
+
+async def test_release_never_goes_below_zero(database: databases.Database) -> None:
+    period = PERIODS[0]
+    await quota_ledger.apply_deltas(
+        database, TENANT, USER, [BucketDelta(period.period_type, period.period_start, "total", reserved_delta=5)],
+        now=NOW,
+    )
+    await quota_ledger.apply_deltas(
+        database, TENANT, USER,
+        [BucketDelta(period.period_type, period.period_start, "total", reserved_delta=-9, spent_delta=3)],
+        now=NOW,
+    )
+    rows = await quota_ledger.load_usage(database, TENANT, USER, [period])
+    assert rows[(period.period_type, period.period_start, "total")].reserved_credits_micro == 0
+
+
+async def test_turn_round_trip_and_cas(database: databases.Database) -> None:
+    chat_id = await _chat(database)
+    request_id = uuid.uuid4()
+    turn_id = await _turn(database, chat_id, request_id)
+    found = await turns.find_by_request(database, chat_id, request_id)
+    assert found is not None and found.id == turn_id and found.state == "running"
+    assert isinstance(found.id, uuid.UUID) and isinstance(found.request_id, uuid.UUID)
+    assert found.started_at == NOW and found.started_at.tzinfo is not None
+    assert (await turns.find_running(database, chat_id)) == found
+    won = await turns.cas_finish(
+        database, turn_id, state="completed", error_code=None, error_detail=None,
+        provider_response_id="resp_1", now=NOW,
+    )
+    lost = await turns.cas_finish(
+        database, turn_id, state="failed", error_code="x", error_detail=None, provider_response_id=None, now=NOW
+    )
+    assert (won, lost) == (True, False)
+    after = await turns.get_turn(database, turn_id)
+    assert after is not None and after.state == "completed" and after.provider_response_id == "resp_1"
+
+
+async def test_second_running_turn_and_reused_request_id_conflict(database: databases.Database) -> None:
+    chat_id = await _chat(database)
+    request_id = uuid.uuid4()
+    await _turn(database, chat_id, request_id)
+    with pytest.raises(turns.TurnConflict):
+        await _turn(database, chat_id)
+    with pytest.raises(turns.TurnConflict):
+        async with database.transaction():
+            await _turn(database, chat_id, request_id)
+
+
+async def test_concurrent_cas_has_one_winner(database: databases.Database) -> None:
+    chat_id = await _chat(database)
+    turn_id = await _turn(database, chat_id)
+
+    async def finish(state: turns.TurnState) -> bool:
+        async with database.transaction():
+            return await turns.cas_finish(
+                database, turn_id, state=state, error_code=None, error_detail=None,
+                provider_response_id=None, now=NOW,
+            )
+
+    results = await asyncio.gather(*(finish(s) for s in ("completed", "failed", "cancelled") * 3))
+    assert sum(results) == 1
+
+
+async def test_orphan_cas_rechecks_staleness(database: databases.Database) -> None:
+    chat_id = await _chat(database)
+    turn_id = await _turn(database, chat_id)
+    stale_before = NOW - dt.timedelta(seconds=1)
+    assert await turns.find_stale_running(database, stale_before=stale_before) == []
+    assert not await turns.cas_orphan(database, turn_id, stale_before=stale_before, now=NOW)
+    later = NOW + dt.timedelta(seconds=10)
+    assert [t.id for t in await turns.find_stale_running(database, stale_before=later)] == [turn_id]
+    await turns.touch_progress(database, turn_id, later + dt.timedelta(seconds=1))
+    assert not await turns.cas_orphan(database, turn_id, stale_before=later, now=later)
+    assert await turns.cas_orphan(database, turn_id, stale_before=later + dt.timedelta(seconds=5), now=later)
