@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -111,6 +112,35 @@ def port_accepts(port: int) -> bool:
     return False
 
 
+# Runs beside the test process and stops the cluster if that process dies without its teardown (SIGKILL,
+# a CI timeout): it polls the owner's pid and exits quietly once the normal teardown removed the directory.
+_GUARDIAN_SOURCE: Final = """
+import os, shutil, subprocess, sys, time
+owner, base_dir, pg_ctl, run_as = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+while alive(owner) and os.path.isdir(base_dir):
+    time.sleep(0.5)
+if os.path.isdir(base_dir):
+    command = [pg_ctl, "--pgdata", os.path.join(base_dir, "data"), "--mode", "immediate", "--wait", "stop"]
+    if run_as:
+        command = ["runuser", "-u", run_as, "--", *command]
+    try:
+        subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=30, check=False)
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)
+"""
+
+
 class TemporaryCluster:
     """initdb + pg_ctl start on a temp directory; `stop()` is idempotent and never waits unboundedly."""
 
@@ -124,12 +154,29 @@ class TemporaryCluster:
         self.port = 0
         self._started = False
         self._stopped = False
+        self._guardian: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"postgresql+asyncpg://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
 
     def start(self, attempts: int = 3) -> None:
+        self._guardian = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _GUARDIAN_SOURCE,
+                str(os.getpid()),
+                str(self.base_dir),
+                str(self.bin_dir / "pg_ctl"),
+                self.run_as or "",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Its own session: a signal to the test run's process group must not take the guardian along.
+            start_new_session=True,
+        )
         self.socket_dir.mkdir()
         if self.run_as is not None:
             shutil.chown(self.base_dir, user=self.run_as)
@@ -208,6 +255,10 @@ class TemporaryCluster:
             self._kill_postmaster()
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+            if self._guardian is not None:
+                # The directory is gone, so the guardian exits by itself within one poll; reap it.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._guardian.wait(timeout=5)
 
     def _postmaster_pid(self) -> int | None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from minichat_host.api import chats, messages, models, quota, reactions
+from minichat_host.api import chats, messages, models, openapi, quota, reactions
 from minichat_host.api import stream as stream_api
 from minichat_host.api import turns as turns_api
 
@@ -18,3 +18,4 @@ def register_all(app: web.Application, prefix: str) -> None:
         module.register(app, prefix)
     stream_api.register(app, prefix)
     turns_api.register(app, prefix)
+    openapi.register(app, prefix)

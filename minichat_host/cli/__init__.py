@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from minichat_host.config import ConfigError
 
 # Modules under minichat_host.cli that add commands, in help order.
-COMMAND_MODULES = ("serve", "migrate", "config_cmd", "plugins_cmd", "outbox_cmd")
+COMMAND_MODULES = ("serve", "migrate", "config_cmd", "plugins_cmd", "outbox_cmd", "plugin_new")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,15 +2,18 @@
 
 The synchronous functions may be called from a thread that is running an event loop (e.g. inside an
 aiohttp handler or an async test); they then do the work on a short-lived worker thread with its own loop.
-On PostgreSQL every run holds an advisory lock, so replicas starting together migrate one after another.
+Runs that change the schema are serialized: within the process by a lock, and on PostgreSQL across
+processes by an advisory lock, so replicas starting together migrate one after another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -123,7 +126,31 @@ def _run_blocking(make_coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(make_coroutine())).result()
 
 
+# Alembic's `context` and `op` are process-wide proxies, so two runs in one process (threads, or tasks on
+# one loop) would drive each other's connections; a thread lock polled from async code serializes them
+# across threads and event loops and cannot be left held by a cancelled waiter.
+_ALEMBIC_RUN_LOCK: Final = threading.Lock()
+
+
+@asynccontextmanager
+async def _alembic_run_slot() -> AsyncIterator[None]:
+    # Polling, not an asyncio.Event: waiters may sit on different threads and loops.
+    while not _ALEMBIC_RUN_LOCK.acquire(blocking=False):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    try:
+        yield
+    finally:
+        _ALEMBIC_RUN_LOCK.release()
+
+
 async def _on_connection(url: str, work: Callable[[sa.Connection], T], *, lock: bool = True) -> T:
+    if lock:
+        async with _alembic_run_slot():
+            return await _on_locked_connection(url, work, lock=True)
+    return await _on_locked_connection(url, work, lock=False)
+
+
+async def _on_locked_connection(url: str, work: Callable[[sa.Connection], T], *, lock: bool) -> T:
     engine = create_async_sa_engine(url)
     try:
         async with engine.connect() as connection:

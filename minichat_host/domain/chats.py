@@ -20,6 +20,7 @@ Decisions where the original is loose (documented for clients):
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,19 +91,23 @@ class PageRequest:
     direction: SortDirection | None = None
 
 
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+
+
 def _parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_LIMIT
     text = raw.strip()
-    # Digits only: int() would also take "+5", "1_0" and non-ASCII digits.
-    if not text or not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
+    # ASCII digits only: int() would also take "+5", "1_0" and non-ASCII digits.
+    if not _INTEGER.fullmatch(text):
         raise InvalidListQuery(
             f"limit must be an integer between 1 and {MAX_PAGE_LIMIT}", code="invalid_limit"
         )
-    value = int(text)
-    if value < 1:
-        raise InvalidListQuery(f"limit must be at least 1 (got {value})", code="invalid_limit")
-    return min(value, MAX_PAGE_LIMIT)
+    digits = text.lstrip("0")
+    if text.startswith("-") or not digits:  # negative, or zero
+        raise InvalidListQuery(f"limit must be at least 1 (got {text})", code="invalid_limit")
+    # Any larger positive integer is clamped, without converting a huge digit string.
+    return MAX_PAGE_LIMIT if len(digits) > 3 else min(int(digits), MAX_PAGE_LIMIT)
 
 
 def _parse_orderby(raw: str, sort_field: str) -> SortDirection:
@@ -123,7 +128,7 @@ def _parse_orderby(raw: str, sort_field: str) -> SortDirection:
         directions.append(direction)
     if len(set(directions)) != 1:
         raise invalid
-    return cast(SortDirection, directions[0])
+    return "asc" if directions[0] == "asc" else "desc"
 
 
 def parse_page_query(params: Mapping[str, str], *, sort_field: str) -> PageRequest:

@@ -24,6 +24,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal, Protocol, cast
 
@@ -84,15 +85,18 @@ class CleanupMetrics:
         self.outcomes.labels(resource, outcome).inc()
 
 
-_default_metrics: CleanupMetrics | None = None
+_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, CleanupMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def default_metrics() -> CleanupMetrics:
-    """Metrics on the process-wide default registry, created once."""
-    global _default_metrics
-    if _default_metrics is None:
-        _default_metrics = CleanupMetrics(REGISTRY)
-    return _default_metrics
+def metrics_for(registry: CollectorRegistry | None = None) -> CleanupMetrics:
+    """The clean-up metrics on `registry` (default: the process-wide one), created once per registry."""
+    target = REGISTRY if registry is None else registry
+    metrics = _metrics_by_registry.get(target)
+    if metrics is None:
+        metrics = _metrics_by_registry[target] = CleanupMetrics(target)
+    return metrics
 
 
 class CleanupHandlers:
@@ -110,7 +114,7 @@ class CleanupHandlers:
         self._db = database
         self._plugins = plugins
         self._max_attempts = max_attempts
-        self._metrics = metrics or default_metrics()
+        self._metrics = metrics or metrics_for()
         self._clock = clock
 
     # --- attachment_cleanup ---------------------------------------------------------------------
@@ -253,7 +257,7 @@ def register_cleanup_queues(
     """
     if metrics is None:
         registry = getattr(getattr(outbox, "metrics", None), "registry", None)
-        metrics = CleanupMetrics(registry) if isinstance(registry, CollectorRegistry) else default_metrics()
+        metrics = metrics_for(registry if isinstance(registry, CollectorRegistry) else None)
     handlers = CleanupHandlers(
         database, plugin_host, max_attempts=config.cleanup.max_attempts, metrics=metrics, clock=clock
     )

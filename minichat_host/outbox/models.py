@@ -17,8 +17,9 @@ DeadLetterStatus = Literal["pending", "reprocessing", "resolved", "discarded"]
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     """One message handed to a queue handler.
 
-    `attempts` counts earlier deliveries of the partition's head message that did not complete (failed,
-    timed out or crashed); 0 on the first delivery. Every message of a batch carries the same value.
+    `attempts` counts earlier deliveries of this message that did not complete (failed, timed out, or
+    interrupted by a crash or a lost lease); 0 on the first delivery. After an interruption every message
+    of the interrupted batch counts it, since any of them may have reached the handler already.
     """
 
     queue: str

@@ -697,13 +697,14 @@ class Outbox:
         if lease is None:
             return False
         expected, attempts, rows = lease.processed_seq, lease.attempts, lease.rows
+        interrupted = lease.interrupted
         batches = 0
         while True:
             batches += 1
             budget_end = started + spec.lease_seconds - self.config.lease_headroom_seconds
             result = _BatchResult(acked_seq=expected)
             try:
-                await self._deliver_batch(spec, partition, rows, attempts, result, budget_end)
+                await self._deliver_batch(spec, partition, rows, attempts, interrupted, result, budget_end)
             except asyncio.CancelledError:
                 # Shut down mid-handler: keep what completed, give the lease back, do not count a failure.
                 await asyncio.shield(self._ack_interrupted(spec, partition, expected, result))
@@ -735,7 +736,7 @@ class Outbox:
                 return more_waiting and not self._stopping
             if not rows:
                 return False
-            expected, attempts = plan.new_seq, 1
+            expected, attempts, interrupted = plan.new_seq, 1, False
 
     def _plan(
         self, spec: QueueSpec, result: _BatchResult, expected: int, attempts: int, keep: bool
@@ -790,9 +791,15 @@ class Outbox:
         partition: Partition,
         rows: list[OutgoingRow],
         attempts: int,
+        interrupted: bool,
         result: _BatchResult,
         budget_end: float,
     ) -> None:
+        """Deliver `rows` in seq order into `result`.
+
+        The head carries the partition's attempt count; later messages carry it only when the previous
+        holder was interrupted (they may have been delivered already), else 0 (a retry stops at the head).
+        """
         for index, row in enumerate(rows):
             if index and (self._stopping or time.monotonic() + spec.timeout > budget_end):
                 # Never start a message that could outlive the lease; the rest comes in the next batch.
@@ -805,7 +812,7 @@ class Outbox:
                 seq=row.seq,
                 payload=row.payload,
                 payload_type=row.payload_type,
-                attempts=max(attempts - 1, 0),
+                attempts=max(attempts - 1, 0) if index == 0 or interrupted else 0,
                 created_at=row.created_at,
             )
             outcome, error = await self._call_handler(spec, delivery)

@@ -42,11 +42,20 @@ class OutgoingRow(NamedTuple):
     created_at: dt.datetime
 
 
+# last_error written when a lease is taken over from a holder that never acked or released it.
+INTERRUPTED_PREFIX = "interrupted: the lease of "
+
+
 class Lease(NamedTuple):
-    """A taken lease: the cursor, the head's attempt count including this delivery, and the batch."""
+    """A taken lease: the cursor, the head's attempt count including this delivery, and the batch.
+
+    `interrupted`: the previous holder neither acked nor released (crash, lost lease), so every message
+    of the batch may have been delivered before - not only the head.
+    """
 
     processed_seq: int
     attempts: int
+    interrupted: bool
     rows: list[OutgoingRow]
 
 
@@ -243,11 +252,18 @@ async def acquire_lease(
         where = P.partition_id.in_(
             sa.select(P.partition_id).where(takeable).with_for_update(skip_locked=True)
         )
+    # SET expressions see the old row: a lease still marked with a holder was never acked or released.
+    interrupted = sa.literal(INTERRUPTED_PREFIX) + P.locked_by + sa.literal(" expired before its ack")
     statement = (
         sa.update(outbox_processor)
         .where(where)
-        .values(locked_by=worker, locked_until=lease_until, attempts=P.attempts + 1)
-        .returning(P.processed_seq, P.attempts)
+        .values(
+            locked_by=worker,
+            locked_until=lease_until,
+            attempts=P.attempts + 1,
+            last_error=sa.case((P.locked_by.is_not(None), interrupted), else_=P.last_error),
+        )
+        .returning(P.processed_seq, P.attempts, P.last_error)
     )
     transaction = await db.transaction()
     try:
@@ -260,7 +276,7 @@ async def acquire_lease(
         await transaction.rollback()
         return None
     await transaction.commit()
-    return Lease(int(row[0]), int(row[1]), rows)
+    return Lease(int(row[0]), int(row[1]), str(row[2] or "").startswith(INTERRUPTED_PREFIX), rows)
 
 
 class AckPlan(NamedTuple):

@@ -315,7 +315,13 @@ def build_provider(
 
 
 class ProviderRegistry:
-    """One per app: builds each configured provider on first use and closes them all on shutdown."""
+    """One per app: builds each configured provider on first use and closes them all on shutdown.
+
+    Providers without hosted tools (local, openai_chat) search files and read spreadsheets client-side:
+    `local_search` / `local_sheet_reader` serve every provider, or `local_search_for(provider_id)` /
+    `local_sheet_reader_for(provider_id)` choose per provider (None = that provider gets none, e.g. an
+    openai_chat provider whose files live on OpenAI, where a local search would find nothing).
+    """
 
     def __init__(
         self,
@@ -323,13 +329,15 @@ class ProviderRegistry:
         *,
         local_search: LocalSearch | None = None,
         local_sheet_reader: LocalSheetReader | None = None,
+        local_search_for: Callable[[str], LocalSearch | None] | None = None,
+        local_sheet_reader_for: Callable[[str], LocalSheetReader | None] | None = None,
         local_token_delay_seconds: float = 0.0,
     ) -> None:
         for provider_id, cfg in providers.items():
             validate_provider_config(provider_id, cfg)
         self._configs = dict(providers)
-        self._local_search = local_search
-        self._local_sheet_reader = local_sheet_reader
+        self._local_search_for = local_search_for or (lambda _provider_id: local_search)
+        self._local_sheet_reader_for = local_sheet_reader_for or (lambda _provider_id: local_sheet_reader)
         self._local_token_delay_seconds = local_token_delay_seconds
         self._built: dict[str, LlmProvider] = {}
         self._closed = False
@@ -352,8 +360,8 @@ class ProviderRegistry:
             provider = build_provider(
                 provider_id,
                 self.config(provider_id),
-                local_search=self._local_search,
-                local_sheet_reader=self._local_sheet_reader,
+                local_search=self._local_search_for(provider_id),
+                local_sheet_reader=self._local_sheet_reader_for(provider_id),
                 local_token_delay_seconds=self._local_token_delay_seconds,
             )
             self._built[provider_id] = provider

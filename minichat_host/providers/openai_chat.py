@@ -160,10 +160,13 @@ class OpenAIChatProvider:
                     if not isinstance(choice, dict) or as_int(choice.get("index")) != 0:
                         continue
                     delta = choice.get("delta")
-                    content = delta.get("content") if isinstance(delta, dict) else None
-                    if isinstance(content, str) and content:
-                        output.append(content)
-                        yield TextDelta(text=content)
+                    if not isinstance(delta, dict):
+                        delta = {}
+                    for key in ("content", "refusal"):  # a refusal is the text the user gets instead
+                        content = delta.get(key)
+                        if isinstance(content, str) and content:
+                            output.append(content)
+                            yield TextDelta(text=content)
                     if isinstance(choice.get("finish_reason"), str):
                         finish_reason = choice["finish_reason"]
         if not done and finish_reason is None:

@@ -364,8 +364,9 @@ class OpenAIResponsesProvider:
                 if sse.data.strip() == "[DONE]":
                     continue
                 event = decode_event_json(sse)
-                kind = event.get("type") or sse.event
-                if kind == "response.output_text.delta":
+                kind = str(event.get("type") or sse.event)
+                # A refusal is what the user gets to read instead of an answer: relay it like text.
+                if kind in ("response.output_text.delta", "response.refusal.delta"):
                     delta = state.text_delta(event)
                     if delta is not None:
                         yield delta

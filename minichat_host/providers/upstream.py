@@ -6,7 +6,6 @@ transport failures and HTTP statuses to `ProviderError`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,8 +19,6 @@ import msgspec
 from minichat_host.config import ProviderConfig
 from minichat_host.providers.base import ProviderError, ProviderErrorCode
 from minichat_host.providers.sse import SseEvent, SseParser
-
-log = logging.getLogger("minichat.providers")
 
 ERROR_BODY_LIMIT = 64 * 1024
 _MESSAGE_LIMIT = 500

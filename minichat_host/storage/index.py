@@ -9,10 +9,11 @@ Deployments with several replicas use a hosted storage (OpenAI / Azure), whose s
 
 Layout: `docs` has one row per (tenant, vector store, file) with the attachment id and filename from the
 file's attributes; `chunks` (FTS5, porter stemming over unicode61) holds the text in ~1,000-character
-chunks. Queries OR the terms of the question and rank by BM25; when no term matches, the opening chunk of
-each file is returned instead (a hosted vector search always answers with its nearest chunks, and
-"summarize the file" shares no term with the file). Every method opens its own short-lived connection, so
-the index can be used from any thread; WAL and a busy timeout let readers and one writer overlap.
+chunks. Queries OR the terms of the question (each quoted, so user text is never FTS syntax) and rank by
+BM25; a hit's `score` is the share of the query's terms its chunk matches. With `fallback=True` a query
+that matches nothing returns the opening chunk of each file instead, as a hosted vector search always
+answers with its nearest chunks. Every method opens its own short-lived connection, so the index can be
+used from any thread; WAL and a busy timeout let readers and one writer overlap.
 """
 
 from __future__ import annotations
@@ -89,10 +90,17 @@ def _fts_query(terms: list[str]) -> str:
     return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
 
 
-def _score(bm25_rank: float) -> float:
-    """BM25 from FTS5 is negative, lower is better; map it onto (0, 1), higher is better."""
-    strength = max(0.0, -bm25_rank)
-    return round(strength / (1.0 + strength), 4)
+def _term_shares(db: sqlite3.Connection, terms: list[str], rowids: list[int]) -> dict[int, float]:
+    """For each chunk, the share of `terms` it matches (with the index's own stemming), rounded."""
+    matched = dict.fromkeys(rowids, 0)
+    marks = ", ".join("?" for _ in rowids)
+    for term in terms:
+        for (rowid,) in db.execute(
+            f"SELECT rowid FROM chunks WHERE chunks MATCH ? AND rowid IN ({marks})",
+            (_fts_query([term]), *rowids),
+        ):
+            matched[rowid] += 1
+    return {rowid: round(count / len(terms), 4) for rowid, count in matched.items()}
 
 
 class LocalIndex:
@@ -195,28 +203,34 @@ class LocalIndex:
             ).fetchone()
         return int(row[0])
 
-    def search(self, tenant_id: str, vector_store_id: str, query: str, max_results: int) -> list[SearchHit]:
+    def search(
+        self, tenant_id: str, vector_store_id: str, query: str, max_results: int, *, fallback: bool = False
+    ) -> list[SearchHit]:
         """The best chunks of the store's files for `query` (see the module doc), best first."""
         if max_results <= 0:
             return []
         terms = query_terms(query)
         with self._connect() as db:
-            rows: list[tuple[str, str, str, str, float]] = []
+            rows: list[tuple[str, str, str, str, int]] = []
             if terms:
                 rows = db.execute(
                     "SELECT d.attachment_id, d.filename, d.file_id, "
-                    f"snippet(chunks, 0, '', '', '…', {_SNIPPET_TOKENS}), bm25(chunks) AS rank "
+                    f"snippet(chunks, 0, '', '', '…', {_SNIPPET_TOKENS}), chunks.rowid "
                     "FROM chunks JOIN docs AS d ON d.id = chunks.doc_id "
                     "WHERE chunks MATCH ? AND d.tenant_id = ? AND d.vector_store_id = ? "
-                    "ORDER BY rank LIMIT ?",
+                    "ORDER BY bm25(chunks) LIMIT ?",
                     (_fts_query(terms), tenant_id, vector_store_id, max_results),
                 ).fetchall()
-            if rows:
+            if rows or not fallback:
+                shares = _term_shares(db, terms, [row[4] for row in rows]) if rows else {}
                 return [
                     SearchHit(
-                        attachment_id=a, filename=f or file_id, snippet=" ".join(s.split()), score=_score(r)
+                        attachment_id=a,
+                        filename=f or file_id,
+                        snippet=" ".join(s.split()),
+                        score=shares[rowid],
                     )
-                    for a, f, file_id, s, r in rows
+                    for a, f, file_id, s, rowid in rows
                 ]
             opening = db.execute(
                 "SELECT d.attachment_id, d.filename, d.file_id, c.body "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from openpyxl import load_workbook
 
@@ -31,7 +31,13 @@ def read_sheet(path: Path, *, max_rows: int = MAX_ROWS, max_columns: int = MAX_C
     Read-only mode streams the sheet, so a large workbook costs at most `max_rows` rows of memory.
     Formulas give their last computed value (what Excel saved), not the formula text.
     """
-    workbook = load_workbook(Path(path), read_only=True, data_only=True)
+    # A file object, not the path: openpyxl judges a path by its extension, and stored files have none.
+    with Path(path).open("rb") as handle:
+        return _read(handle, max_rows, max_columns)
+
+
+def _read(handle: BinaryIO, max_rows: int, max_columns: int) -> list[list[Cell]]:
+    workbook = load_workbook(handle, read_only=True, data_only=True)
     try:
         if not workbook.worksheets:
             return []

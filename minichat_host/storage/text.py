@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS: Final = 2_000_000
-_MAX_RAW_TEXT_BYTES: Final = 8 * 1024 * 1024
+_MAX_RAW_TEXT_BYTES: Final = 2 * 1024 * 1024  # text past this is not indexed (bounds memory)
 _MAX_XML_BYTES: Final = 32 * 1024 * 1024  # decompressed, per document part
 _SNIFF_BYTES: Final = 1024
 

@@ -1,5 +1,7 @@
-"""Fixtures for the chat API tests: app clients over a migrated database (SQLite and PostgreSQL) and a
-second identity (another user, another tenant) on the same database.
+"""Fixtures for the chat API tests: app clients over a migrated database (SQLite and PostgreSQL).
+
+`client` is the dev identity; `await make_client(user_id=..., tenant_id=...)` builds a second app with
+another identity (`auth.dev_*_id` overridden) on the same database, for isolation tests.
 
 The policy comes from the bundled `policy_static` plugin (entry point), configured with
 `helpers.TEST_CATALOG`: ids with dots and a slash, a disabled entry, a premium default.

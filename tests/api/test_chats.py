@@ -22,8 +22,8 @@ from api.helpers import (
     table_snapshot,
 )
 from minichat_host.api.services import CHAT_SERVICES_KEY
-from minichat_host.db.repos.common import Executor
 from minichat_host.db.repos.chats import ChatRecord
+from minichat_host.db.repos.common import Executor
 from minichat_host.db.tables import chats
 
 CHAT_KEYS = {"id", "model", "title", "is_temporary", "message_count", "created_at", "updated_at"}
@@ -35,7 +35,9 @@ def parse_ts(value: str) -> dt.datetime:
 
 
 # --- create ------------------------------------------------------------------------------------------
-async def test_create_returns_201_chat_detail_and_location(client: ClientT, database: databases.Database) -> None:
+async def test_create_returns_201_chat_detail_and_location(
+    client: ClientT, database: databases.Database
+) -> None:
     response = await client.post(f"{PREFIX}/chats", json={"title": "  Trip plans  ", "model": "gpt-4.1-mini"})
     assert response.status == 201
     assert response.content_type == "application/json"
@@ -137,7 +139,9 @@ async def test_create_rejects_malformed_payloads_and_writes_nothing(
     assert await table_snapshot(database) == before
 
 
-async def test_create_rejects_a_body_over_the_size_limit(client: ClientT, database: databases.Database) -> None:
+async def test_create_rejects_a_body_over_the_size_limit(
+    client: ClientT, database: databases.Database
+) -> None:
     before = await table_snapshot(database)
     huge = b'{"title": "' + b"a" * 2_000_000 + b'"}'
     response = await client.post(f"{PREFIX}/chats", data=huge, headers={"Content-Type": "application/json"})
@@ -234,7 +238,9 @@ async def test_rename_rejects_wrong_content_type_and_malformed_json(
         "unsupported_media_type",
     )
     await expect_problem(
-        await client.patch(url, data=b'{"title":', headers={"Content-Type": "application/json"}), 400, "invalid_json"
+        await client.patch(url, data=b'{"title":', headers={"Content-Type": "application/json"}),
+        400,
+        "invalid_json",
     )
     await expect_problem(await client.patch(url), 415, "unsupported_media_type")
     assert await table_snapshot(database) == before
@@ -252,7 +258,9 @@ async def test_rename_unknown_or_deleted_chat_is_404(client: ClientT) -> None:
 
 
 # --- delete ------------------------------------------------------------------------------------------
-async def test_delete_is_a_soft_delete_with_an_empty_204(client: ClientT, database: databases.Database) -> None:
+async def test_delete_is_a_soft_delete_with_an_empty_204(
+    client: ClientT, database: databases.Database
+) -> None:
     chat = await create_chat(client, title="Doomed")
     keep = await create_chat(client, title="Stays")
     response = await client.delete(f"{PREFIX}/chats/{chat['id']}")
@@ -327,3 +335,24 @@ async def test_another_identity_sees_404_and_changes_nothing(
     assert listed["items"] == []
     assert await table_snapshot(database) == before
     assert (await (await client.get(url)).json())["title"] == "Private"
+
+
+async def test_json_with_a_charset_parameter_is_accepted(client: ClientT) -> None:
+    response = await client.post(
+        f"{PREFIX}/chats",
+        data='{"title": "Ünïcode ✓"}'.encode(),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert response.status == 201
+    assert (await response.json())["title"] == "Ünïcode ✓"
+
+
+async def test_unsupported_method_is_a_405_problem(client: ClientT) -> None:
+    response = await client.put(f"{PREFIX}/chats", json={})
+    await expect_problem(response, 405, "method_not_allowed")
+
+
+async def test_concurrent_deletes_of_one_chat_give_one_204(client: ClientT) -> None:
+    chat = await create_chat(client)
+    responses = await asyncio.gather(*(client.delete(f"{PREFIX}/chats/{chat['id']}") for _ in range(6)))
+    assert sorted(r.status for r in responses) == [204] + [404] * 5

@@ -28,7 +28,9 @@ BASE = dt.datetime(2026, 5, 4, 8, 30, tzinfo=dt.UTC)
 ALWAYS = {"id", "request_id", "role", "content", "attachments", "my_reaction", "created_at"}
 
 
-async def add_reaction(database: databases.Database, message_id: uuid.UUID, user_id: uuid.UUID, value: str) -> None:
+async def add_reaction(
+    database: databases.Database, message_id: uuid.UUID, user_id: uuid.UUID, value: str
+) -> None:
     await database.execute(
         message_reactions.insert().values(
             id=uuid.uuid4(),
@@ -155,5 +157,7 @@ async def test_another_identity_cannot_list_the_messages(
     chat = await create_chat(client)
     await seed_message(database, chat["id"], content="secret")
     other = await make_client(**{f"{intruder}_id": uuid.uuid4()})
-    body = await expect_problem(await other.get(f"{PREFIX}/chats/{chat['id']}/messages"), 404, "chat_not_found")
+    body = await expect_problem(
+        await other.get(f"{PREFIX}/chats/{chat['id']}/messages"), 404, "chat_not_found"
+    )
     assert "secret" not in str(body)

@@ -1,4 +1,4 @@
-"""Steps 1–7 of the original's smoke script (original-api.md §8), in order, on the embedded defaults: no
+"""Steps 1-7 of the original's smoke script (original-api.md §8), in order, on the embedded defaults: no
 config beyond the database, the bundled demo catalog, the dev identity and no auth headers."""
 
 from __future__ import annotations

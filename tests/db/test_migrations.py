@@ -1,8 +1,11 @@
-"""Alembic migrations on SQLite and PostgreSQL: up, down, up again, and no drift from the table definitions."""
+"""Alembic migrations on SQLite and PostgreSQL: up, down, up again, and no drift from tables.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,8 +114,33 @@ def test_current_does_not_create_a_missing_sqlite_file(tmp_path: Path) -> None:
     assert not missing.parent.exists()
 
 
-async def test_concurrent_upgrades_on_postgresql_take_turns(pg_db_url: str) -> None:
-    # Replicas starting together: the advisory lock makes the second one find the schema already there.
-    await asyncio.gather(*(migrate.aupgrade(pg_db_url) for _ in range(3)))
-    assert await migrate.acurrent(pg_db_url) == migrate.head_revision()
-    assert await migrate.aschema_diff(pg_db_url) == []
+async def test_concurrent_upgrades_in_one_process(db_url: str) -> None:
+    # e.g. two app instances starting in one test process: Alembic's global proxies must not be shared.
+    await asyncio.gather(*(migrate.aupgrade(db_url) for _ in range(3)))
+    assert await migrate.acurrent(db_url) == migrate.head_revision()
+    assert await migrate.aschema_diff(db_url) == []
+
+
+@pytest.mark.slow
+def test_concurrent_upgrades_from_several_processes_on_postgresql(pg_db_url: str, tmp_path: Path) -> None:
+    # Replicas starting together: the advisory lock makes the later ones find the schema already there.
+    config_file = tmp_path / "minichat.yaml"
+    config_file.write_text(f"database:\n  url: {json.dumps(pg_db_url)}\n", encoding="utf-8")
+    command = [
+        sys.executable,
+        "-m",
+        "minichat_host",
+        "--config",
+        str(config_file),
+        "migrate",
+        "upgrade",
+        "--json",
+    ]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        assert json.loads(stdout)["current"] == migrate.head_revision()
+    assert migrate.schema_diff(pg_db_url) == []

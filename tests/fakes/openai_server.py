@@ -113,6 +113,7 @@ class Script:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     omit_usage: bool = False
+    refusal: list[str] | None = None  # refusal deltas sent after the text (a model declining to answer)
 
     def deltas(self) -> list[str]:
         if self.tokens is not None:
@@ -802,6 +803,35 @@ class FakeOpenAI:
             if script.stall_at == count:
                 record.outcome = "stalled"
                 await self._pause(request, script.stall_seconds)
+        if script.refusal:
+            await send(
+                {
+                    "type": "response.content_part.added",
+                    "item_id": plan.message_id,
+                    "output_index": message_index,
+                    "content_index": 1,
+                    "part": {"type": "refusal", "refusal": ""},
+                }
+            )
+            for piece in script.refusal:
+                await send(
+                    {
+                        "type": "response.refusal.delta",
+                        "item_id": plan.message_id,
+                        "output_index": message_index,
+                        "content_index": 1,
+                        "delta": piece,
+                    }
+                )
+            await send(
+                {
+                    "type": "response.refusal.done",
+                    "item_id": plan.message_id,
+                    "output_index": message_index,
+                    "content_index": 1,
+                    "refusal": "".join(script.refusal),
+                }
+            )
         for index, annotation in enumerate(plan.annotations):
             await send(
                 {
@@ -996,6 +1026,8 @@ class FakeOpenAI:
             if script.stall_at == count:
                 record.outcome = "stalled"
                 await self._pause(request, script.stall_seconds)
+        for piece in script.refusal or []:
+            await send(chunk({"refusal": piece}))
         await send(chunk({}, finish_reason))
         if include_usage:
             final = chunk({})

@@ -36,9 +36,9 @@ def fast_config(**overrides: Any) -> OutboxConfig:
     return OutboxConfig(**values)
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> None:
-    """Wait until `predicate()` (sync or async) is truthy; fail after `timeout` (generous: shared CPU)."""
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], Any], within: float = 20.0, interval: float = 0.02) -> None:
+    """Wait until `predicate()` (sync or async) is truthy; fail after `within` s (generous: shared CPU)."""
+    deadline = time.monotonic() + within
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):
@@ -46,7 +46,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval
         if value:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
 
 
@@ -89,16 +89,16 @@ def spawn_child(*args: str) -> subprocess.Popen[str]:
     )
 
 
-async def wait_ready(child: subprocess.Popen[str], timeout: float = 30.0) -> None:
+async def wait_ready(child: subprocess.Popen[str], within: float = 30.0) -> None:
     assert child.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), timeout)
+    line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), within)
     if line.strip() != "READY":
         _, err = child.communicate(timeout=10)
         raise AssertionError(f"child did not start: {line!r}\n{err}")
 
 
-async def wait_exit(child: subprocess.Popen[str], timeout: float = 30.0) -> int:
-    return await asyncio.wait_for(asyncio.to_thread(child.wait), timeout)
+async def wait_exit(child: subprocess.Popen[str], within: float = 30.0) -> int:
+    return await asyncio.wait_for(asyncio.to_thread(child.wait), within)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

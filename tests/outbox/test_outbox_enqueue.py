@@ -52,7 +52,7 @@ def test_partition_hash_is_stable_and_documented() -> None:
 def test_register_queue_validation(make_outbox: OutboxFactory) -> None:
     outbox = make_outbox(fast_config(lease_seconds=3.0, lease_headroom_seconds=0.5))
     handler = Recorder()
-    with pytest.raises(InvalidQueueTimeout, match="below the lease budget 2.5s"):
+    with pytest.raises(InvalidQueueTimeout, match=r"below the lease budget 2\.5s"):
         outbox.register_queue(QUEUE, handler, partitions=4, timeout=2.5)
     with pytest.raises(InvalidQueueName):
         outbox.register_queue("-bad", handler, partitions=4, timeout=1.0)
@@ -142,7 +142,7 @@ async def test_wakeups_coalesce_and_reconciler_finds_unnotified_rows(
     async with database.transaction():
         for i in range(3):
             await enqueue(database, QUEUE, f"key-{i}", {"i": i})
-    await wait_for(lambda: len(recorder.deliveries) == 3, timeout=10)
+    await wait_for(lambda: len(recorder.deliveries) == 3, within=10)
     assert outbox.stats.reconciles >= 2
 
 
@@ -157,7 +157,7 @@ async def test_low_level_enqueue_and_notify(make_outbox: OutboxFactory, database
     assert result.partition == key.int % 4
     assert result.queue == QUEUE
     outbox.notify(result.queue, result.partition)
-    await wait_for(lambda: len(recorder.deliveries) == 1, timeout=5)
+    await wait_for(lambda: len(recorder.deliveries) == 1, within=5)
 
 
 async def test_nested_transactions_wake_after_the_outer_commit(make_outbox: OutboxFactory) -> None:
@@ -170,14 +170,18 @@ async def test_nested_transactions_wake_after_the_outer_commit(make_outbox: Outb
         async with outbox.transaction() as inner:
             await inner.enqueue(QUEUE, "k", b"2")
         assert inner is outer
-    await wait_for(lambda: recorder.payloads() == [b"1", b"2"], timeout=5)
+    await wait_for(lambda: recorder.payloads() == [b"1", b"2"], within=5)
 
 
-async def test_payload_limit_and_unregistered_queue(make_outbox: OutboxFactory, database: databases.Database) -> None:
+async def test_payload_limit_and_unregistered_queue(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
     outbox = make_outbox(fast_config(max_payload_bytes=100))
     outbox.register_queue(QUEUE, Recorder(), partitions=2, timeout=1.0)
     await outbox.ensure_queues()
-    with pytest.raises(PayloadTooLarge, match=r"payload of 101 bytes .* limit of 100 bytes \(outbox.max_payload_bytes\)"):
+    with pytest.raises(
+        PayloadTooLarge, match=r"payload of 101 bytes .* limit of 100 bytes \(outbox.max_payload_bytes\)"
+    ):
         async with outbox.transaction() as tx:
             await tx.enqueue(QUEUE, "k", b"x" * 101)
     with pytest.raises(QueueNotRegistered):

@@ -40,7 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--crash-before-ack", action="store_true")
-    parser.add_argument("--check-lease", action="store_true", help="verify in the hook that we hold the lease")
+    parser.add_argument(
+        "--check-lease", action="store_true", help="verify in the hook that we hold the lease"
+    )
     return parser.parse_args()
 
 
@@ -66,7 +68,9 @@ async def main() -> int:
         holder_ok = True
         if args.check_lease:
             holder = await database.fetch_val(
-                sa.select(outbox_processor.c.locked_by).where(outbox_processor.c.partition_id == delivery.partition_id)
+                sa.select(outbox_processor.c.locked_by).where(
+                    outbox_processor.c.partition_id == delivery.partition_id
+                )
             )
             holder_ok = holder == outbox.worker_id
         if args.delay:

@@ -1,4 +1,4 @@
-"""Fixtures for the provider adapter tests: the fake OpenAI/Azure server and provider configs."""
+"""Fixtures for the provider adapter tests: a running fake OpenAI/Azure server, a refused URL."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from fakes.openai_server import DEFAULT_API_KEY, FakeOpenAI
-
-from minichat_host.config import ProviderConfig
+from fakes.openai_server import FakeOpenAI
 
 
 @pytest.fixture
@@ -19,22 +17,6 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield server
     finally:
         await server.stop()
-
-
-def responses_config(base_url: str, **overrides: object) -> ProviderConfig:
-    fields: dict[str, object] = {
-        "kind": "openai_responses",
-        "base_url": base_url,
-        "api_key": DEFAULT_API_KEY,
-        "read_timeout_seconds": 5.0,
-        "connect_timeout_seconds": 2.0,
-    }
-    fields.update(overrides)
-    return ProviderConfig(**fields)  # type: ignore[arg-type]
-
-
-def chat_config(base_url: str, **overrides: object) -> ProviderConfig:
-    return responses_config(base_url, kind="openai_chat", **overrides)
 
 
 @pytest.fixture

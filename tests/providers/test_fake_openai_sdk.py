@@ -11,6 +11,12 @@ import aiohttp
 import openai
 import pytest
 from fakes.openai_server import DEFAULT_API_KEY, FakeOpenAI, FileSearchScript, Script
+from openai.types.responses import (
+    ResponseCompletedEvent,
+    ResponseFileSearchToolCall,
+    ResponseOutputTextAnnotationAddedEvent,
+)
+from openai.types.responses.response_output_text_annotation_added_event import AnnotationFileCitation
 
 AZURE_VERSION = "2025-03-01-preview"
 FAKE_SCRIPT = Path(__file__).resolve().parents[1] / "fakes" / "openai_server.py"
@@ -50,12 +56,14 @@ async def test_streamed_responses_call(fake: FakeOpenAI, client: openai.AsyncOpe
     assert [e.delta for e in events if e.type == "response.output_text.delta"] == ["Hel", "lo"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert "response.file_search_call.completed" in types
-    annotation = next(e for e in events if e.type == "response.output_text.annotation.added").annotation
-    assert annotation.type == "file_citation" and annotation.file_id == "file-1"
-    final = events[-1].response
+    added = next(e for e in events if isinstance(e, ResponseOutputTextAnnotationAddedEvent))
+    assert isinstance(added.annotation, AnnotationFileCitation) and added.annotation.file_id == "file-1"
+    completed = events[-1]
+    assert isinstance(completed, ResponseCompletedEvent)
+    final = completed.response
     assert final.output_text == "Hello"
     assert final.usage is not None and final.usage.input_tokens == 7 and final.usage.output_tokens == 2
-    search_item = next(item for item in final.output if item.type == "file_search_call")
+    search_item = next(item for item in final.output if isinstance(item, ResponseFileSearchToolCall))
     assert search_item.results is not None and search_item.results[0].attributes == {"k": "v"}
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from fakes.openai_server import FakeOpenAI, Script
+from fakes.provider_configs import chat_config
 
 from minichat_host.plugins.types import ApiParams, SearchHit
 from minichat_host.providers.base import (
@@ -27,8 +28,6 @@ from minichat_host.providers.base import (
     WebSearchTool,
 )
 from minichat_host.providers.openai_chat import OpenAIChatProvider
-
-from .conftest import chat_config
 
 TENANT = "tenant-1"
 
@@ -302,3 +301,10 @@ async def test_cancelling_the_consumer_closes_the_upstream_connection(
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert await fake.last("chat").wait_finished() == "client_disconnected"
+
+
+async def test_refusals_are_relayed_as_text(fake: FakeOpenAI, provider: OpenAIChatProvider) -> None:
+    fake.script(Script(tokens=[], refusal=["No, ", "sorry."]))
+    events = await collect(provider.stream(request(), tenant_id=TENANT))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["No, ", "sorry."]
+    assert isinstance(events[-1], Completed)

@@ -14,6 +14,7 @@ from fakes.openai_server import (
     Script,
     WebSearchScript,
 )
+from fakes.provider_configs import responses_config
 
 from minichat_host.plugins.types import ApiParams
 from minichat_host.providers.base import (
@@ -33,8 +34,6 @@ from minichat_host.providers.base import (
     WebSearchTool,
 )
 from minichat_host.providers.openai_responses import OpenAIResponsesProvider, attachment_id_from_filename
-
-from .conftest import responses_config
 
 TENANT = "tenant-1"
 CHAT_ID = "0b6f4b1e-3f0c-4d7c-9d55-1f2a3b4c5d6e"
@@ -500,3 +499,10 @@ async def test_a_closed_provider_refuses_new_calls(fake: FakeOpenAI) -> None:
 )
 def test_attachment_id_from_stored_filename(filename: str, expected: str | None) -> None:
     assert attachment_id_from_filename(filename) == expected
+
+
+async def test_refusals_are_relayed_as_text(fake: FakeOpenAI, provider: OpenAIResponsesProvider) -> None:
+    fake.script(Script(tokens=[], refusal=["I can't ", "help with that."]))
+    events = await collect(provider.stream(request(), tenant_id=TENANT))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["I can't ", "help with that."]
+    assert isinstance(events[-1], Completed)

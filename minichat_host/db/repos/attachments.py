@@ -129,6 +129,12 @@ class AttachmentRecord:
 _ATTACHMENT_COLUMNS: Final = tuple(attachments.c[name] for name in AttachmentRecord.__dataclass_fields__)
 
 
+def _any_of(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """`column IN values`, written as ORs: each value is then a plain bound parameter that goes through
+    the column type (`databases` on SQLite skips it for expanding IN parameters, and UUIDs fail to bind)."""
+    return sa.or_(*(column == value for value in values))
+
+
 def is_postgresql(db: Any) -> bool:
     """Whether a `databases.Database` or `databases.core.Connection` talks to PostgreSQL."""
     database = getattr(db, "_database", db)
@@ -206,9 +212,7 @@ async def chat_usage(db: Executor, chat_id: uuid.UUID) -> tuple[int, int]:
     """(live document count, live bytes of every kind) of a chat; failed uploads do not count."""
     record = await db.fetch_one(
         sa.select(
-            sa.func.coalesce(
-                sa.func.sum(sa.case((attachments.c.attachment_kind == "document", 1), else_=0)), 0
-            ).label("documents"),
+            sa.func.count().filter(attachments.c.attachment_kind == "document").label("documents"),
             sa.func.coalesce(sa.func.sum(attachments.c.size_bytes), 0).label("bytes"),
         ).where(
             attachments.c.chat_id == chat_id,
@@ -320,13 +324,12 @@ async def discard(db: Executor, attachment_id: uuid.UUID, *, provider_file: bool
 
 async def is_referenced(db: Executor, chat_id: uuid.UUID, attachment_id: uuid.UUID) -> bool:
     """True when any message_attachments row links it (a deleted message's link counts too)."""
-    value = await db.fetch_val(
-        sa.select(sa.literal(1))
-        .select_from(message_attachments)
+    row = await db.fetch_one(
+        sa.select(message_attachments.c.message_id)
         .where(message_attachments.c.chat_id == chat_id, message_attachments.c.attachment_id == attachment_id)
         .limit(1)
     )
-    return value is not None
+    return row is not None
 
 
 async def soft_delete_for_cleanup(db: Executor, attachment_id: uuid.UUID, *, now: dt.datetime) -> bool:
@@ -422,7 +425,7 @@ async def lock_for_message(
         return {}
     records = await db.fetch_all(
         sa.select(*_ATTACHMENT_COLUMNS)
-        .where(attachments.c.chat_id == chat_id, attachments.c.id.in_(ids))
+        .where(attachments.c.chat_id == chat_id, _any_of(attachments.c.id, ids))
         .with_for_update(read=True)
     )
     result = {}
@@ -441,14 +444,15 @@ async def link_to_message(
     attachment_ids: Sequence[uuid.UUID],
     now: dt.datetime,
 ) -> None:
-    for attachment_id in attachment_ids:
+    for position, attachment_id in enumerate(attachment_ids):
         await db.execute(
             message_attachments.insert().values(
                 tenant_id=tenant_id,
                 chat_id=chat_id,
                 message_id=message_id,
                 attachment_id=attachment_id,
-                created_at=now,
+                # A microsecond apart, so that listing by (created_at, id) keeps the request's order.
+                created_at=now + dt.timedelta(microseconds=position),
             )
         )
 
@@ -471,7 +475,7 @@ async def attachments_of_messages(
                 ),
             )
         )
-        .where(message_attachments.c.chat_id == chat_id, message_attachments.c.message_id.in_(ids))
+        .where(message_attachments.c.chat_id == chat_id, _any_of(message_attachments.c.message_id, ids))
         .order_by(message_attachments.c.created_at, attachments.c.id)
     )
     result: dict[uuid.UUID, list[AttachmentRecord]] = {}
@@ -504,7 +508,7 @@ async def live_attachment_ids(
     rows = await db.fetch_all(
         sa.select(attachments.c.id).where(
             attachments.c.tenant_id == tenant_id,
-            attachments.c.id.in_(ids),
+            _any_of(attachments.c.id, ids),
             attachments.c.deleted_at.is_(None),
         )
     )

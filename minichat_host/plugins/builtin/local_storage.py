@@ -1,8 +1,9 @@
 """Built-in `local` storage: files and "vector stores" as plain files under the data directory.
 
 Layout: `<data_dir>/files/<tenant>/<file_id>` holds uploaded bytes; `<data_dir>/vector_stores/<id>/` holds
-`manifest.json` with the owning tenant and the indexed `(file_id, attributes)` pairs. Search is a simple
-case-insensitive term match over the text of the indexed files (a full-text index replaces it later).
+`manifest.json` with the owning tenant and the indexed `(file_id, attributes)` pairs. Search runs on the
+local full-text index (`minichat_host.storage.LocalIndex`, SQLite FTS5 in `<data_dir>/index/`), which
+indexed files join when they are added to a store and leave when the file or the store is deleted.
 The hooks are synchronous file I/O, so the host runs them in worker threads; a lock keeps concurrent
 manifest updates from losing entries.
 """
@@ -23,12 +24,10 @@ from minichat_host import constants
 from minichat_host.plugins.errors import PermanentError
 from minichat_host.plugins.hookspecs import hookimpl
 from minichat_host.plugins.types import Capability, SearchHit, StoredFile
+from minichat_host.storage import LocalIndex, index_path
 
 VENDOR = "local"
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TERM = re.compile(r"\w+", re.UNICODE)
-_SNIPPET_CHARS = 240
-_MAX_TEXT_BYTES = 4 * 1024 * 1024  # search reads at most this much of each file
 
 
 def _segment(value: str, what: str) -> str:
@@ -56,6 +55,7 @@ class LocalStoragePlugin:
 
     def __init__(self) -> None:
         self._data_dir: Path | None = None
+        self._index: LocalIndex | None = None
         self._lock = threading.Lock()
 
     @hookimpl
@@ -65,6 +65,7 @@ class LocalStoragePlugin:
     @hookimpl
     def minichat_configure(self, data_dir: Path) -> None:
         self._data_dir = Path(data_dir)
+        self._index = LocalIndex(index_path(self._data_dir))
 
     # --- paths ----------------------------------------------------------------------------------
     @property
@@ -72,6 +73,12 @@ class LocalStoragePlugin:
         if self._data_dir is None:
             raise PermanentError("local storage is not configured (the host did not call minichat_configure)")
         return self._data_dir
+
+    @property
+    def index(self) -> LocalIndex:
+        if self._index is None:
+            raise PermanentError("local storage is not configured (the host did not call minichat_configure)")
+        return self._index
 
     def _file_path(self, tenant_id: str, file_id: str) -> Path:
         return self.data_dir / "files" / _segment(tenant_id, "tenant id") / _segment(file_id, "file id")
@@ -109,6 +116,7 @@ class LocalStoragePlugin:
     @hookimpl
     def minichat_storage_delete_file(self, tenant_id: str, file_id: str) -> None:
         self._file_path(tenant_id, file_id).unlink(missing_ok=True)
+        self.index.remove_file(tenant_id, file_id)
 
     # --- vector stores --------------------------------------------------------------------------
     @hookimpl
@@ -134,55 +142,25 @@ class LocalStoragePlugin:
             files = [f for f in manifest["files"] if f["file_id"] != file_id]
             files.append({"file_id": file_id, "attributes": dict(attributes)})
             manifest["files"] = files
+            try:
+                self.index.add_file(
+                    tenant_id, vector_store_id, file_id, self._file_path(tenant_id, file_id), attributes
+                )
+            except FileNotFoundError:
+                raise PermanentError(f"file {file_id!r} does not exist") from None
             _write_json_atomically(self._store_dir(vector_store_id) / "manifest.json", manifest)
 
     @hookimpl
     def minichat_storage_delete_vector_store(self, tenant_id: str, vector_store_id: str) -> None:
         with self._lock:
             if self._read_manifest(tenant_id, vector_store_id) is not None:
+                self.index.drop_store(tenant_id, vector_store_id)
                 shutil.rmtree(self._store_dir(vector_store_id), ignore_errors=True)
 
     @hookimpl
     def minichat_storage_search(
         self, tenant_id: str, vector_store_id: str, query: str, max_results: int
     ) -> list[SearchHit]:
-        terms = sorted({t.lower() for t in _TERM.findall(query)})
-        manifest = self._read_manifest(tenant_id, vector_store_id)
-        if not terms or manifest is None or max_results <= 0:
+        if self._read_manifest(tenant_id, vector_store_id) is None:
             return []
-        ranked: list[tuple[float, int, SearchHit]] = []
-        for entry in manifest["files"]:
-            text = self._read_text(tenant_id, entry["file_id"])
-            if text is None:
-                continue
-            lowered = text.lower()
-            counts = {term: lowered.count(term) for term in terms}
-            matched = [term for term in terms if counts[term]]
-            if not matched:
-                continue
-            score = len(matched) / len(terms)
-            first = min(lowered.find(term) for term in matched)
-            attributes: dict[str, str] = entry.get("attributes", {})
-            hit = SearchHit(
-                attachment_id=attributes.get("attachment_id", ""),
-                filename=attributes.get("filename", entry["file_id"]),
-                snippet=_snippet(text, first),
-                score=score,
-            )
-            ranked.append((score, sum(counts.values()), hit))
-        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
-        return [hit for _, _, hit in ranked[:max_results]]
-
-    def _read_text(self, tenant_id: str, file_id: str) -> str | None:
-        try:
-            with self._file_path(tenant_id, file_id).open("rb") as handle:
-                return handle.read(_MAX_TEXT_BYTES).decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
-
-
-def _snippet(text: str, position: int) -> str:
-    """About `_SNIPPET_CHARS` characters of `text` around `position`, whitespace collapsed."""
-    start = max(0, position - _SNIPPET_CHARS // 3)
-    piece = " ".join(text[start : start + _SNIPPET_CHARS].split())
-    return ("…" if start > 0 else "") + piece + ("…" if start + _SNIPPET_CHARS < len(text) else "")
+        return self.index.search(tenant_id, vector_store_id, query, max_results)
