@@ -202,6 +202,9 @@ async def read_json(request: web.Request, struct: type[T], *, allow_empty: bool 
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 inside a JSON string.
         raise ProblemError(400, "invalid_json", f"Malformed JSON body: {exc}") from None
+    except RecursionError:
+        # msgspec stops at the interpreter's recursion limit on deeply nested arrays/objects.
+        raise ProblemError(400, "invalid_json", "Malformed JSON body: nested too deeply") from None
     try:
         return msgspec.convert(data, struct)
     except msgspec.ValidationError as exc:

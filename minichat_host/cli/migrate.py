@@ -90,11 +90,9 @@ def _run(args: argparse.Namespace, action: str, change: Callable[[str], None] | 
         print(f"minichat: migrate {action}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        if not is_unavailable_error(exc):
-            raise
-        print(
-            f"minichat: migrate {action}: database {masked_url(url)} is unavailable: {exc}", file=sys.stderr
-        )
+        # One line, not a traceback: wrong credentials, a missing database, a locked file...
+        reason = "is unavailable" if is_unavailable_error(exc) else f"failed ({type(exc).__name__})"
+        print(f"minichat: migrate {action}: database {masked_url(url)} {reason}: {exc}", file=sys.stderr)
         return 1
     _print(args, _status(url, before, after), action)
     return 0

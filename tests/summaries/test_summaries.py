@@ -382,3 +382,22 @@ async def test_summary_rows_are_per_chat(summary_stack: SummaryStack) -> None:
     assert (first, second) == (True, False)
     count = await ss.stack.database.fetch_val(sa.select(sa.func.count()).select_from(thread_summaries))
     assert count == 1
+
+
+async def test_the_finalizers_task_payload_is_understood(summary_stack: SummaryStack) -> None:
+    """domain/finalize.py enqueues its own `ThreadSummaryTask`; the handler must read that wire format."""
+    from minichat_host.domain.finalize import ThreadSummaryTask
+
+    ss = summary_stack
+    chat_id = await new_chat(ss)
+    positions = await seed_conversation(ss, chat_id, 3)
+    payload = ThreadSummaryTask(
+        tenant_id=str(DEV_TENANT),
+        chat_id=str(chat_id),
+        system_request_id=str(uuid.uuid4()),
+        frozen_target_created_at=positions[2].created_at.isoformat().replace("+00:00", "Z"),
+        frozen_target_message_id=str(positions[2].message_id),
+    )
+    await ss.handler(delivery(payload))
+    summary = await repo.get_summary(ss.stack.database, chat_id)
+    assert summary is not None and summary.frontier == positions[2]

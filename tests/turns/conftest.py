@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient
 from fakes.openai_server import DEFAULT_API_KEY, FakeOpenAI
 
 from minichat_host import constants
-from minichat_host.app import DATABASE_KEY, OUTBOX_KEY, PLUGINS_KEY, create_app
 from minichat_host.api.turns import TURN_SERVICE_KEY
+from minichat_host.app import DATABASE_KEY, OUTBOX_KEY, PLUGINS_KEY, create_app
 from minichat_host.config import Config, parse_config
 from minichat_host.db.repos import quota_ledger, turns
 from minichat_host.db.tables import chat_turns, messages, quota_usage

@@ -1,0 +1,259 @@
+"""connect_database: URL handling, SQLite connection settings, UTC timestamps, "database unavailable"."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import uuid
+from pathlib import Path
+
+import asyncpg
+import databases
+import pg
+import pytest
+import sqlalchemy as sa
+
+from minichat_host.db.engine import (
+    async_driver_url,
+    connect_database,
+    dialect_name,
+    is_unavailable_error,
+    masked_url,
+    sqlite_path,
+)
+from minichat_host.db.tables import chats, quota_usage
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite+aiosqlite:////tmp/x.db", "sqlite"),
+        ("sqlite:///relative.db", "sqlite"),
+        ("postgresql+asyncpg://u:p@localhost:5432/db", "postgresql"),
+        ("postgresql://localhost/db", "postgresql"),
+        ("postgres://localhost/db", "postgresql"),
+    ],
+)
+def test_dialect_name(url: str, expected: str) -> None:
+    assert dialect_name(url) == expected
+
+
+@pytest.mark.parametrize("url", ["mysql://localhost/db", "not a url", ""])
+def test_dialect_name_rejects_other_databases(url: str) -> None:
+    with pytest.raises(ValueError, match="sqlite\\+aiosqlite"):
+        dialect_name(url)
+
+
+def test_async_driver_url_and_masking() -> None:
+    assert async_driver_url("sqlite:////tmp/x.db") == "sqlite+aiosqlite:////tmp/x.db"
+    assert async_driver_url("postgres://u:secret@h/db") == "postgresql+asyncpg://u:secret@h/db"
+    assert async_driver_url("postgresql+asyncpg://h/db") == "postgresql+asyncpg://h/db"
+    with pytest.raises(ValueError, match="unsupported driver"):
+        async_driver_url("postgresql+psycopg2://h/db")
+    assert "secret" not in masked_url("postgresql+asyncpg://u:secret@h/db")
+
+
+def test_sqlite_path_rejects_in_memory_databases() -> None:
+    assert sqlite_path("sqlite+aiosqlite:////abs/path.db") == Path("/abs/path.db")
+    for url in ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"):
+        with pytest.raises(ValueError, match="in-memory"):
+            sqlite_path(url)
+
+
+async def test_sqlite_parent_directory_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "minichat.db"
+    database = await connect_database(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert await database.fetch_val(sa.text("SELECT 1")) == 1
+    finally:
+        await database.disconnect()
+    assert path.exists()
+
+
+async def test_sqlite_settings_apply_to_every_connection(sqlite_migrated_db_url: str) -> None:
+    database = await connect_database(sqlite_migrated_db_url, sqlite_busy_timeout_ms=1234)
+    tasks = 4
+    barrier = asyncio.Barrier(tasks)
+
+    async def settings_seen_by_own_connection() -> tuple[str, int, int, int]:
+        # databases gives every task its own SQLite connection; hold it while the others open theirs.
+        async with database.connection() as connection:
+            await barrier.wait()
+            return (
+                await connection.fetch_val(sa.text("PRAGMA journal_mode")),
+                await connection.fetch_val(sa.text("PRAGMA busy_timeout")),
+                await connection.fetch_val(sa.text("PRAGMA foreign_keys")),
+                id(connection.raw_connection),
+            )
+
+    try:
+        seen = await asyncio.gather(*(settings_seen_by_own_connection() for _ in range(tasks)))
+    finally:
+        await database.disconnect()
+    assert {settings[:3] for settings in seen} == {("wal", 1234, 1)}
+    assert len({settings[3] for settings in seen}) == tasks
+
+
+async def _insert_usage_row(database: databases.Database) -> uuid.UUID:
+    row_id = uuid.uuid4()
+    await database.execute(
+        quota_usage.insert().values(
+            id=row_id,
+            tenant_id=uuid.uuid4(),
+            user_id=uuid.uuid4(),
+            period_type="daily",
+            period_start=dt.date(2026, 1, 1),
+            bucket="total",
+            updated_at=dt.datetime.now(dt.UTC),
+        )
+    )
+    return row_id
+
+
+async def test_sqlite_read_then_write_transactions_wait_instead_of_failing(
+    sqlite_migrated_db_url: str,
+) -> None:
+    # Deferred transactions would fail with "database is locked" as soon as two of them read and then write;
+    # BEGIN IMMEDIATE makes them queue under the busy timeout, so every increment lands.
+    database = await connect_database(sqlite_migrated_db_url)
+    try:
+        row_id = await _insert_usage_row(database)
+        calls = quota_usage.c.calls
+
+        async def increment() -> None:
+            async with database.transaction():
+                value = await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id))
+                await asyncio.sleep(0.01)  # let the other tasks start their transactions in between
+                await database.execute(
+                    quota_usage.update().where(quota_usage.c.id == row_id).values(calls=value + 1)
+                )
+
+        await asyncio.gather(*(increment() for _ in range(8)))
+        assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 8
+    finally:
+        await database.disconnect()
+
+
+async def test_transactions_commit_and_roll_back(database: databases.Database) -> None:
+    row_id = await _insert_usage_row(database)
+    calls = quota_usage.c.calls
+    with pytest.raises(RuntimeError):
+        async with database.transaction():
+            await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=5))
+            raise RuntimeError("roll back")
+    assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 0
+    async with database.transaction():
+        await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=7))
+    assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 7
+
+
+async def test_utc_datetime_round_trips_as_aware_utc(database: databases.Database) -> None:
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    created = dt.datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=plus_two)
+    chat_id = uuid.uuid4()
+    await database.execute(
+        chats.insert().values(
+            id=chat_id,
+            tenant_id=uuid.uuid4(),
+            user_id=uuid.uuid4(),
+            model="m",
+            created_at=created,
+            updated_at=created,
+        )
+    )
+    row = await database.fetch_one(
+        sa.select(chats.c.created_at, chats.c.deleted_at).where(chats.c.id == chat_id)
+    )
+    assert row is not None
+    stored: dt.datetime = row["created_at"]
+    assert stored == created
+    assert stored.utcoffset() == dt.timedelta(0)
+    assert stored.replace(tzinfo=None) == dt.datetime(2026, 3, 28, 23, 30, 15, 123456)
+    assert row["deleted_at"] is None
+    # Comparisons in SQL see the same instant.
+    assert (
+        await database.fetch_val(
+            sa.select(sa.func.count())
+            .select_from(chats)
+            .where(chats.c.created_at >= created.astimezone(dt.UTC))
+        )
+        == 1
+    )
+
+
+async def test_naive_datetimes_are_refused(database: databases.Database) -> None:
+    naive = dt.datetime(2026, 1, 1, 12, 0)
+    with pytest.raises(ValueError, match="naive"):
+        await database.execute(
+            chats.insert().values(
+                id=uuid.uuid4(),
+                tenant_id=uuid.uuid4(),
+                user_id=uuid.uuid4(),
+                model="m",
+                created_at=naive,
+                updated_at=naive,
+            )
+        )
+
+
+# --- "database unavailable" ------------------------------------------------------------------------------
+
+
+async def test_refused_postgresql_connection_is_unavailable() -> None:
+    port = pg.free_loopback_port()
+    with pytest.raises(Exception) as caught:  # the driver decides the type; the classification is under test
+        await connect_database(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres")
+    assert is_unavailable_error(caught.value)
+
+
+async def test_terminated_postgresql_session_is_unavailable(pg_server: str, pg_db_url: str) -> None:
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    try:
+        async with database.connection() as connection:
+            pid = await connection.fetch_val(sa.text("SELECT pg_backend_pid()"))
+            pg.execute_admin(pg_server, f"SELECT pg_terminate_backend({int(pid)})")
+            with pytest.raises(Exception) as caught:
+                await connection.fetch_val(sa.text("SELECT 1"))
+        assert is_unavailable_error(caught.value)
+    finally:
+        await database.disconnect()
+
+
+async def test_unopenable_sqlite_file_is_unavailable(tmp_path: Path) -> None:
+    directory_as_file = tmp_path / "is-a-directory"
+    directory_as_file.mkdir()
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        await connect_database(f"sqlite+aiosqlite:///{directory_as_file}")
+    assert is_unavailable_error(caught.value)
+
+
+def test_unavailable_error_classification() -> None:
+    assert is_unavailable_error(ConnectionRefusedError(111, "refused"))
+    assert is_unavailable_error(asyncpg.CannotConnectNowError("the database system is starting up"))
+    assert is_unavailable_error(asyncpg.TooManyConnectionsError("too many clients"))
+    assert is_unavailable_error(asyncpg.InterfaceError("pool is closed"))
+    assert is_unavailable_error(sqlite3.OperationalError("database is locked"))
+    assert is_unavailable_error(ValueError("no active connection"))
+
+    wrapped = RuntimeError("repository failed")
+    wrapped.__cause__ = ConnectionResetError(104, "reset by peer")
+    assert is_unavailable_error(wrapped)
+    group = ExceptionGroup("tasks", [KeyError("x"), ConnectionAbortedError()])
+    assert is_unavailable_error(group)
+
+    assert not is_unavailable_error(sqlite3.IntegrityError("UNIQUE constraint failed: chats.id"))
+    assert not is_unavailable_error(asyncpg.UniqueViolationError("duplicate key"))
+    assert not is_unavailable_error(
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout")
+    )
+    assert not is_unavailable_error(ValueError("bad input"))
+    assert not is_unavailable_error(TimeoutError())
+
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except ConnectionRefusedError:
+            raise KeyError("handled and replaced") from None
+    except KeyError as replaced:
+        assert not is_unavailable_error(replaced)
