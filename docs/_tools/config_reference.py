@@ -51,14 +51,6 @@ class Section:
     defaults: Any  # the section's default value, as builtins (for the YAML block)
 
 
-def _default_of(field: mi.Field) -> Any:
-    if field.default is not msgspec.NODEFAULT:
-        return field.default
-    if field.default_factory is not msgspec.NODEFAULT:
-        return field.default_factory()
-    raise ConfigDocsError(f"config field {field.name!r} has no default; every key needs one")
-
-
 def _bounds(info: mi.IntType | mi.FloatType) -> str:
     low = f"≥ {info.ge:g}" if info.ge is not None else f"> {info.gt:g}" if info.gt is not None else ""
     high = f"≤ {info.le:g}" if info.le is not None else f"< {info.lt:g}" if info.lt is not None else ""
@@ -146,9 +138,9 @@ def sections() -> list[Section]:
     return [Section("", tuple(top), {key.path: key.default for key in top}), *found]
 
 
-def load_notes(path: Path = NOTES_FILE) -> tuple[dict[str, str], dict[str, tuple[str, Any]]]:
+def load_notes(path: Path | None = None) -> tuple[dict[str, str], dict[str, tuple[str, Any]]]:
     """(section descriptions, key -> (description, example or None)) from config_keys.yaml."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml.safe_load((path or NOTES_FILE).read_text(encoding="utf-8"))
     section_docs: dict[str, str] = {str(k): str(v) for k, v in raw["sections"].items()}
     keys: dict[str, tuple[str, Any]] = {}
     for key, value in raw["keys"].items():
@@ -255,7 +247,9 @@ def _row(key: Key, description: str, example: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="exit 1 when docs/configuration.md is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when docs/configuration.md is out of date"
+    )
     args = parser.parse_args(argv)
     try:
         text = reference_markdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from minichat_host.api.problems import ProblemError, json_response, path_uuid
 from minichat_host.auth import identity
@@ -26,6 +27,8 @@ ATTACHMENT_SERVICE_KEY: Final = web.AppKey("attachment_service", AttachmentServi
 FILE_PART: Final = "file"
 # Bytes of other (ignored) parts read while looking for the file part.
 MAX_IGNORED_PART_BYTES: Final = 1024 * 1024
+# Parts skipped before the file part: each costs parsing work even when empty (a multipart bomb).
+MAX_IGNORED_PARTS: Final = 100
 
 
 def attachment_service(request: web.Request) -> AttachmentService:
@@ -42,29 +45,29 @@ async def _file_part(request: web.Request) -> IncomingFile:
     except (KeyError, ValueError):
         raise InvalidUpload("The multipart/form-data Content-Type has no valid boundary.") from None
     ignored = 0
-    while True:
+    for _ in range(MAX_IGNORED_PARTS + 1):
         try:
             part = await reader.next()
-        except (ValueError, RuntimeError, AssertionError) as exc:
+        except (ValueError, RuntimeError, AssertionError, HttpProcessingError) as exc:
+            # HttpProcessingError: a part header aiohttp refuses (e.g. a NUL byte in it).
             raise InvalidUpload(f"Malformed multipart body: {exc}") from None
         if part is None:
             raise InvalidUpload("The multipart body has no 'file' part.")
-        if isinstance(part, BodyPartReader) and part.name == FILE_PART:
+        if isinstance(part, MultipartReader):
+            # Never part of an upload, and each nesting level is a recursion (a depth bomb).
+            raise InvalidUpload("Nested multipart bodies are not supported.")
+        if part.name == FILE_PART:
             return IncomingFile(
                 filename=part.filename,
                 content_type=part.headers.get(hdrs.CONTENT_TYPE),
                 reader=part,
             )
         ignored += await _skip(part, MAX_IGNORED_PART_BYTES - ignored)
+    raise InvalidUpload(f"The multipart body has more than {MAX_IGNORED_PARTS} parts before the 'file' part.")
 
 
-async def _skip(part: BodyPartReader | MultipartReader, budget: int) -> int:
+async def _skip(part: BodyPartReader, budget: int) -> int:
     """Read and drop a part; FileTooLarge when the ignored parts pass `budget` bytes."""
-    if isinstance(part, MultipartReader):
-        total = 0
-        while (inner := await part.next()) is not None:
-            total += await _skip(inner, budget - total)
-        return total
     total = 0
     while chunk := await part.read_chunk():
         total += len(chunk)

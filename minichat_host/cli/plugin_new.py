@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minichat_host.scaffold import CAPABILITIES, ScaffoldError, Scaffolded, create_plugin
+from minichat_host.scaffold import CAPABILITIES, Scaffolded, ScaffoldError, create_plugin
 
 _CONFIG_KEY = {
     "audit": "plugins.audit_vendor",
@@ -91,7 +91,9 @@ def _print_text(result: Scaffolded) -> None:
     print("next:")
     print(f"  pip install -e {shlex.quote(where)}    (into the environment that runs minichat)")
     print(f"  cd {shlex.quote(where)} && python -m pytest")
-    print(f"  set {_CONFIG_KEY[names.capability]}: {names.vendor} in your config, then run `minichat plugins`")
+    print(
+        f"  set {_CONFIG_KEY[names.capability]}: {names.vendor} in your config, then run `minichat plugins`"
+    )
 
 
 def _shown(directory: Path) -> str:

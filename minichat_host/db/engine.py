@@ -15,10 +15,12 @@ IMMEDIATE takes the write lock up front and waits for it under the busy timeout.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -97,10 +99,20 @@ class _PragmaSQLitePool(SQLitePool):
         self._pragmas = pragmas
 
     async def acquire(self) -> aiosqlite.Connection:
-        connection: aiosqlite.Connection = await super().acquire()
+        # As SQLitePool.acquire, plus: when opening fails, aiosqlite stops its worker thread without waiting
+        # for it, and the thread then reports to an event loop that may already be closed; wait for it here.
+        connection = aiosqlite.connect(database=self._database, isolation_level=None, **self._options)
+        try:
+            await connection.__aenter__()
+        except BaseException:
+            worker = getattr(connection, "_thread", None)
+            if isinstance(worker, threading.Thread) and worker.is_alive():
+                await asyncio.to_thread(worker.join, 5)
+            raise
         try:
             for pragma in self._pragmas:
-                await connection.execute(pragma)
+                cursor = await connection.execute(pragma)
+                await cursor.close()
         except BaseException:
             await self.release(connection)
             raise

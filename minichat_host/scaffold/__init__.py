@@ -13,7 +13,6 @@ Names are derived from NAME so that nothing clashes: `acme-audit` gives the dist
 from __future__ import annotations
 
 import importlib.util
-import keyword
 import re
 import shutil
 import uuid
@@ -56,7 +55,7 @@ class PluginNames:
 
     @property
     def section(self) -> str:
-        """The settings section (`plugins.settings.<section>`): the entry point name, as the bundled plugins do."""
+        """The settings section (`plugins.settings.<section>`): the entry point name, like bundled plugins."""
         return self.entry_point
 
     def placeholders(self) -> dict[str, str]:
@@ -107,16 +106,12 @@ def plugin_names(name: str, capability: str = "audit", vendor: str | None = None
         )
     parts = entry_point.split("_")
     camel = "".join(part[:1].upper() + part[1:] for part in parts)
-    package = f"minichat_{entry_point}"
-    # Cannot happen with the pattern above; kept so a future pattern change cannot produce a bad module.
-    if not package.isidentifier() or keyword.iskeyword(package):
-        raise ScaffoldError(f"invalid plugin name {name!r}: {package!r} is not a Python package name")
     return PluginNames(
         name=name,
         capability=capability,
         vendor=chosen_vendor,
         distribution=f"minichat-{entry_point.replace('_', '-')}",
-        package=package,
+        package=f"minichat_{entry_point}",  # the name pattern makes it an identifier
         entry_point=entry_point,
         class_name=f"{camel}Plugin",
         settings_class=f"{camel}Settings",
@@ -128,7 +123,9 @@ def check_not_installed(names: PluginNames) -> None:
     """Refuse names that already exist here: a plugin name the host knows, or an importable package."""
     builtin = {plugin_name for plugin_name, _ in BUILTIN_PLUGINS}
     if names.entry_point in builtin:
-        raise ScaffoldError(f"plugin name {names.entry_point!r} is taken by a built-in plugin; pick another NAME")
+        raise ScaffoldError(
+            f"plugin name {names.entry_point!r} is taken by a built-in plugin; pick another NAME"
+        )
     for entry_point in metadata.entry_points(group=constants.ENTRY_POINT_GROUP):
         if entry_point.name == names.entry_point:
             owner = entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
@@ -137,7 +134,9 @@ def check_not_installed(names: PluginNames) -> None:
                 "pick another NAME"
             )
     if importlib.util.find_spec(names.package) is not None:
-        raise ScaffoldError(f"a package named {names.package!r} is already importable here; pick another NAME")
+        raise ScaffoldError(
+            f"a package named {names.package!r} is already importable here; pick another NAME"
+        )
 
 
 def render(names: PluginNames) -> dict[PurePosixPath, str]:
@@ -159,7 +158,6 @@ def create_plugin(
     capability: str = "audit",
     vendor: str | None = None,
     directory: str | Path | None = None,
-    check_installed: bool = True,
 ) -> Scaffolded:
     """Write a new plugin distribution into `directory` (default `./<distribution>`).
 
@@ -167,12 +165,13 @@ def create_plugin(
     moved into place at the end, so a failure leaves nothing half-written.
     """
     names = plugin_names(name, capability, vendor)
-    if check_installed:
-        check_not_installed(names)
+    check_not_installed(names)
     target = Path(directory) if directory is not None else Path.cwd() / names.distribution
     target = target.expanduser().absolute()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ScaffoldError(f"{target} already exists and is not an empty directory; refusing to overwrite it")
+        raise ScaffoldError(
+            f"{target} already exists and is not an empty directory; refusing to overwrite it"
+        )
     files = render(names)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
