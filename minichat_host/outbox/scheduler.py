@@ -82,6 +82,7 @@ from minichat_host.outbox.store import (
     guarded_ack,
     partitions_with_backlog,
     partitions_with_incoming,
+    release_all_leases,
     release_lease,
     sequence_partition,
 )
@@ -480,11 +481,11 @@ class Outbox:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
         # Anything still leased to us (e.g. an ack that failed on a database error) goes back now.
-        for partition_id in list(self._partitions):
-            with contextlib.suppress(Exception):
-                await self._write(
-                    release_lease(self.database, partition_id, self.worker_id, uncount_attempt=False)
-                )
+        if self._partitions:
+            try:
+                await self._write(release_all_leases(self.database, list(self._partitions), self.worker_id))
+            except Exception:
+                logger.exception("outbox: releasing leases at shutdown failed (they expire on their own)")
         self._started = False
         self._release_process_lock()
         logger.info("outbox stopped: worker %s", self.worker_id)

@@ -355,3 +355,14 @@ async def release_lease(
         .returning(P.partition_id)
     )
     return row is not None
+
+
+async def release_all_leases(db: databases.Database, partition_ids: Sequence[int], worker: str) -> list[int]:
+    """Release every lease `worker` still holds among `partition_ids` (shutdown); the ids released."""
+    rows = await db.fetch_all(
+        sa.update(outbox_processor)
+        .where(P.partition_id.in_(list(partition_ids)), P.locked_by == worker)
+        .values(locked_by=None, locked_until=None)
+        .returning(P.partition_id)
+    )
+    return [int(row[0]) for row in rows]
