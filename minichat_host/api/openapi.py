@@ -12,7 +12,9 @@ Decisions:
   The root liveness routes (`/health`, `/healthz`) are outside the prefix and not part of this API.
 - `GET {prefix}/v1/openapi.json` is authenticated like every other route under the prefix: one rule for
   the whole prefix, and gateways that front the API already pass credentials. The document is the same
-  for every caller and is built once, when the routes are registered.
+  for every caller and is built once, at start-up.
+- `security` describes the configured auth mode: a Bearer JWT (`jwt`, as the original), the gateway's
+  headers (`trusted_headers`), or none (`dev`); the original's `bearerAuth` scheme is always defined.
 - Schema names follow the original where a struct has a counterpart there (`Problem` is published as
   `ErrorResponse`, `SseDone` as `SseDoneEvent`, ...).
 - Errors are `application/problem+json` (`ErrorResponse`, `code` required). Each operation lists the
@@ -37,6 +39,7 @@ from aiohttp import web
 
 from minichat_host import __version__
 from minichat_host.api.problems import Problem
+from minichat_host.config import AuthConfig
 from minichat_host.domain import events
 from minichat_host.domain.attachments import DOCUMENT_TYPES, IMAGE_TYPES, Attachment
 from minichat_host.domain.turns import EditTurnRequest, SendMessageRequest, TurnStatus
@@ -505,7 +508,9 @@ def _struct_types(types: Iterable[Any]) -> Iterator[msgspec.inspect.StructType]:
             stack.append(t.type)
         elif isinstance(t, msgspec.inspect.UnionType):
             stack.extend(t.types)
-        elif isinstance(t, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType)):
+        elif isinstance(
+            t, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType)
+        ):
             stack.append(t.item_type)
         elif isinstance(t, msgspec.inspect.DictType):
             stack.append(t.value_type)
@@ -527,7 +532,9 @@ def _add_datetime_formats(components: dict[str, Any], types: Iterable[Any]) -> N
                     branch["format"] = "date-time"
 
 
-def _require_always_encoded(components: dict[str, Any], responses: Iterable[Any], requests: Iterable[Any]) -> None:
+def _require_always_encoded(
+    components: dict[str, Any], responses: Iterable[Any], requests: Iterable[Any]
+) -> None:
     """A struct without `omit_defaults` encodes its defaulted members too; msgspec lists only members without
     a default as required (the decoding view), so response-only structs get every member required."""
     request_structs = {t.cls for t in _struct_types(requests)}
@@ -667,7 +674,7 @@ def _component_parameters() -> dict[str, Any]:
         "name": "$orderby",
         "in": "query",
         "required": False,
-        "description": "The listing's sort key `asc|desc`, optionally followed by `id` in the same direction.",
+        "description": "The sort key `asc|desc`, optionally followed by `id` in the same direction.",
         "schema": {"type": "string"},
     }
     parameters["ODataFilter"] = {
@@ -738,8 +745,35 @@ def request_types() -> list[type[msgspec.Struct]]:
     return list(dict.fromkeys(op.request for op in OPERATIONS if op.request is not None))
 
 
-def build_document(prefix: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every operation in `OPERATIONS`, served under `prefix`."""
+def _security(auth: AuthConfig) -> tuple[dict[str, Any], list[dict[str, list[str]]]]:
+    """Security schemes and the requirement of the configured auth mode."""
+    schemes: dict[str, Any] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT with the tenant and user claims (`auth.mode: jwt`).",
+        }
+    }
+    if auth.mode == "jwt":
+        return schemes, [{"bearerAuth": []}]
+    if auth.mode == "trusted_headers":
+        headers = auth.trusted_headers
+        for name, header, description in (
+            ("gatewaySecret", headers.secret_header, "The secret shared with the gateway."),
+            ("tenantHeader", headers.tenant_header, "The caller's tenant id (UUID), set by the gateway."),
+            ("userHeader", headers.user_header, "The caller's user id (UUID), set by the gateway."),
+        ):
+            schemes[name] = {"type": "apiKey", "in": "header", "name": header, "description": description}
+        return schemes, [{"gatewaySecret": [], "tenantHeader": [], "userHeader": []}]
+    # `dev`: every request is the configured dev identity, no credentials at all.
+    return schemes, []
+
+
+def build_document(prefix: str, auth: AuthConfig | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every operation in `OPERATIONS`, served under `prefix`, for the given auth
+    config (default: `jwt`, the original's Bearer tokens)."""
+    schemes, security = _security(auth if auth is not None else AuthConfig(mode="jwt"))
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         item = paths.setdefault(op.path, {})
@@ -756,18 +790,11 @@ def build_document(prefix: str) -> dict[str, Any]:
         "info": {"title": "minichat API", "version": __version__, "description": _INFO_DESCRIPTION},
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "servers": [{"url": prefix.rstrip("/") or "/"}],
-        "security": [{"bearerAuth": []}],
+        "security": security,
         "tags": [{"name": name, "description": description} for name, description in TAGS],
         "paths": paths,
         "components": {
-            "securitySchemes": {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "bearerFormat": "JWT",
-                    "description": "Required with `auth.mode: jwt`; not used by the other auth modes.",
-                }
-            },
+            "securitySchemes": schemes,
             "parameters": _component_parameters(),
             "schemas": _schema_components(response_types(), request_types()),
         },
@@ -783,8 +810,15 @@ async def get_openapi_document(request: web.Request) -> web.Response:
 
 
 def register(app: web.Application, prefix: str) -> None:
-    """Build the document once (now, at start-up) and serve it at `{prefix}/v1/openapi.json`."""
-    app[OPENAPI_DOCUMENT_KEY] = msgspec.json.encode(build_document(prefix))
+    """Serve the document at `{prefix}/v1/openapi.json`; it is built once, when the app starts."""
+
+    async def build(app: web.Application) -> None:
+        # Imported here: app.py is the composition root and imports this module.
+        from minichat_host.app import CONFIG_KEY
+
+        app[OPENAPI_DOCUMENT_KEY] = msgspec.json.encode(build_document(prefix, app[CONFIG_KEY].auth))
+
+    app.on_startup.append(build)
     app.router.add_get(f"{prefix}{OPENAPI_PATH}", get_openapi_document)
 
 

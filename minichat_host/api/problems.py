@@ -176,7 +176,9 @@ async def request_id_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+    # Echoed into a header and the logs: only a short printable ASCII token is kept.
+    usable = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
+    request_id = incoming if usable else uuid.uuid4().hex
     request[REQUEST_ID_KEY] = request_id
     response = await handler(request)
     if not response.prepared:

@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, Protocol
 
@@ -348,6 +348,7 @@ class TurnService:
         self.clock = clock
         self.finalizer = Finalizer(database=database, outbox=outbox, config=config, clock=clock)
         self._runs: dict[uuid.UUID, TurnRun] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # --- send ---------------------------------------------------------------------------------------
@@ -763,17 +764,25 @@ class TurnService:
         streaming = self._config.streaming
         quota = self._config.quota
 
-        async def on_progress() -> None:
+        async def record_progress() -> None:
             try:
                 await turns.touch_progress(self._db, turn_id, self._clock())
             except Exception:
                 log.warning("turn %s: recording progress failed", turn_id, exc_info=True)
 
-        async def on_tool_done(tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
+        async def count_tool(tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
             try:
                 await turns.increment_tool_count(self._db, turn_id, tool, self._clock())
             except Exception:
                 log.warning("turn %s: counting a %s call failed", turn_id, tool, exc_info=True)
+
+        # The pump is cancelled when the client leaves; its writes run in their own tasks so a cancellation
+        # never lands inside a transaction (which would leave the pooled connection checked out).
+        async def on_progress() -> None:
+            await asyncio.shield(self._background(record_progress()))
+
+        async def on_tool_done(tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
+            await asyncio.shield(self._background(count_tool(tool)))
 
         run = TurnRun(
             turn_id=turn_id,
@@ -1051,6 +1060,12 @@ class TurnService:
         except Exception:
             log.exception("turn %s: finalizing after a failed preflight failed; the watchdog will", turn_id)
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     # --- shutdown -------------------------------------------------------------------------------------
     @property
     def active_runs(self) -> int:
@@ -1074,6 +1089,8 @@ class TurnService:
                 "%d turn(s) still finalizing at shutdown; the orphan watchdog will settle them",
                 len(self._runs),
             )
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_seconds)
 
 
 def _preflight_columns(policy_version: int, granted: Granted) -> turns.Preflight:

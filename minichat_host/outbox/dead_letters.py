@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from minichat_host.outbox.enqueue import Clock, utc_now
 from minichat_host.outbox.models import DeadLetter, DeadLetterFilter, DeadLetterStatus
-from minichat_host.outbox.store import SEQUENCER_BATCH, DialectName, sequence_partition
+from minichat_host.outbox.sql import DialectName
+from minichat_host.outbox.store import SEQUENCER_BATCH, sequence_partition
 from minichat_host.outbox.tables import (
     DEAD_LETTER_STATUSES,
     outbox_body,

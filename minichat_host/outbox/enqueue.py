@@ -6,7 +6,8 @@ Partitioning (stable across processes, versions and Python's hash seed):
 - an `int` maps to `key % partitions`.
 Partition counts are powers of two up to 64, so `hash % 64 % n == hash % n`: the database only ever sees
 `hash % 64`, and the partition row is chosen in SQL from the queue's registered partition count. Enqueue
-therefore needs no scheduler object and works from any process that shares the database.
+therefore needs no scheduler object and works from any process that shares the database. On PostgreSQL an
+enqueue is one statement; on SQLite three (the partition lookup, the body, the incoming row).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any, Final
 
 import databases
 import msgspec
-import sqlalchemy as sa
 
 from minichat_host import constants
+from minichat_host.outbox import sql
 from minichat_host.outbox.errors import (
     InvalidPartitionCount,
     InvalidPayloadType,
@@ -31,7 +32,7 @@ from minichat_host.outbox.errors import (
     QueueNotRegistered,
 )
 from minichat_host.outbox.models import Enqueued
-from minichat_host.outbox.tables import outbox_body, outbox_incoming, outbox_partitions
+from minichat_host.outbox.sql import Sql
 
 MAX_PARTITIONS: Final = 64
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 65536
@@ -101,25 +102,35 @@ def encode_payload(payload: Payload) -> bytes:
     return msgspec.json.encode(payload)
 
 
-def _dialect_of(db: DatabaseOrConnection) -> str:
+def _dialect_of(db: DatabaseOrConnection) -> sql.DialectName:
     database: databases.Database = db if isinstance(db, databases.Database) else db._database
-    return "postgresql" if database.url.dialect in ("postgresql", "postgres") else database.url.dialect
+    return "postgresql" if database.url.dialect in ("postgresql", "postgres") else "sqlite"
 
 
-def _partition_row(queue: str, hash64: int) -> sa.Select[tuple[int, int]]:
-    """SELECT id, partition of the partition row `hash64 mod count(partitions of queue)`."""
-    count = (
-        sa.select(sa.func.count())
-        .select_from(outbox_partitions)
-        .where(outbox_partitions.c.queue == queue)
-        .scalar_subquery()
+_ENQUEUE_POSTGRESQL = Sql(
+    """
+    WITH target AS (
+        SELECT id, partition FROM outbox_partitions
+        WHERE queue = $1
+          AND partition = $2 % NULLIF((SELECT count(*) FROM outbox_partitions WHERE queue = $1), 0)
+    ),
+    body AS (
+        INSERT INTO outbox_body (payload, payload_type, created_at) SELECT $3, $4, $5 FROM target RETURNING id
+    ),
+    incoming AS (
+        INSERT INTO outbox_incoming (partition_id, body_id) SELECT target.id, body.id FROM target, body
     )
-    return sa.select(outbox_partitions.c.id, outbox_partitions.c.partition).where(
-        outbox_partitions.c.queue == queue,
-        # Counts are powers of two, so `& (count - 1)` is `% count` (and keeps '%' out of the SQL text,
-        # which databases' SQLite backend would take for a format directive).
-        outbox_partitions.c.partition == sa.literal(hash64, sa.Integer).bitwise_and(count - 1),
-    )
+    SELECT id, partition FROM target
+    """
+)
+_FIND_PARTITION = Sql(
+    """
+    SELECT id, partition FROM outbox_partitions
+    WHERE queue = $1 AND partition = $2 % NULLIF((SELECT count(*) FROM outbox_partitions WHERE queue = $1), 0)
+    """
+)
+_INSERT_BODY = Sql("INSERT INTO outbox_body (payload, payload_type, created_at) VALUES ($1, $2, $3)")
+_INSERT_INCOMING = Sql("INSERT INTO outbox_incoming (partition_id, body_id) VALUES ($1, $2)")
 
 
 async def enqueue(
@@ -146,30 +157,19 @@ async def enqueue(
         )
     validate_payload_type(payload_type)
     hash64 = key_hash(key) % MAX_PARTITIONS
-    body_values = {"payload": data, "payload_type": payload_type, "created_at": clock()}
-    not_registered = QueueNotRegistered(f"queue {queue!r} has no partitions in the database (not registered)")
-    if _dialect_of(db) == "postgresql":
-        # One round trip: find the partition, insert the body, feed its id to the incoming insert.
-        target = _partition_row(queue, hash64).cte("target")
-        body = sa.insert(outbox_body).values(**body_values).returning(outbox_body.c.id).cte("body")
-        incoming = (
-            sa.insert(outbox_incoming)
-            .from_select(["partition_id", "body_id"], sa.select(target.c.id, body.c.id))
-            .returning(outbox_incoming.c.partition_id)
-            .cte("incoming")
+    dialect = _dialect_of(db)
+    database: databases.Database = db if isinstance(db, databases.Database) else db._database
+    created_at = sql.timestamp(dialect, clock())
+    if dialect == "postgresql":
+        # One round trip: find the partition, insert the body and the incoming row (data-modifying CTEs).
+        row = await sql.fetch_one(
+            database, dialect, _ENQUEUE_POSTGRESQL, queue, hash64, data, payload_type, created_at
         )
-        row = await db.fetch_one(
-            sa.select(target.c.id, target.c.partition).select_from(
-                target.join(incoming, incoming.c.partition_id == target.c.id)
-            )
-        )
-        if row is None:
-            raise not_registered
-        return Enqueued(queue=queue, partition=int(row[1]), partition_id=int(row[0]))
-    # SQLite has no data-modifying CTEs.
-    found = await db.fetch_one(_partition_row(queue, hash64))
-    if found is None:
-        raise not_registered
-    body_id = await db.fetch_val(sa.insert(outbox_body).values(**body_values).returning(outbox_body.c.id))
-    await db.execute(sa.insert(outbox_incoming).values(partition_id=int(found[0]), body_id=int(body_id)))
-    return Enqueued(queue=queue, partition=int(found[1]), partition_id=int(found[0]))
+    else:
+        row = await sql.fetch_one(database, dialect, _FIND_PARTITION, queue, hash64)
+        if row is not None:
+            body_id = await sql.execute(database, dialect, _INSERT_BODY, data, payload_type, created_at)
+            await sql.execute(database, dialect, _INSERT_INCOMING, row[0], body_id)
+    if row is None:
+        raise QueueNotRegistered(f"queue {queue!r} has no partitions in the database (not registered)")
+    return Enqueued(queue=queue, partition=int(row[1]), partition_id=int(row[0]))

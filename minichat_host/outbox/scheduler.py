@@ -70,11 +70,11 @@ from minichat_host.outbox.models import (
     Enqueued,
     QueueStatus,
 )
+from minichat_host.outbox.sql import DialectName
 from minichat_host.outbox.status import queue_status
 from minichat_host.outbox.store import (
     SEQUENCER_BATCH,
     AckPlan,
-    DialectName,
     OutgoingRow,
     Partition,
     acquire_lease,
@@ -408,7 +408,8 @@ class Outbox:
         handle = OutboxTransaction(self)
         token = _CURRENT_TRANSACTION.set(handle)
         try:
-            async with self.database.transaction():
+            # Connection first (on SQLite opening one is slow), then the write turn, then BEGIN.
+            async with self.database.connection(), self._write_turn(), self.database.transaction():
                 yield handle
         finally:
             _CURRENT_TRANSACTION.reset(token)
@@ -534,6 +535,24 @@ class Outbox:
 
     # --- internals: helpers ---------------------------------------------------------------------------
 
+    def _session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Keep one connection for a long-running task on SQLite (databases otherwise opens a new
+        aiosqlite connection, with its own thread, for every transaction); pooled as usual on PostgreSQL."""
+        if self.dialect == "sqlite":
+            connection: contextlib.AbstractAsyncContextManager[Any] = self.database.connection()
+            return connection
+        return contextlib.nullcontext()
+
+    def _write_turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """SQLite: queue for the single write lock in asyncio, not in SQLite's sleeping busy handler.
+
+        Skipped inside a foreign open transaction (it may already hold SQLite's lock, and waiting here
+        for a worker that waits for SQLite would stall both until the busy timeout).
+        """
+        if self.dialect != "sqlite" or self.database.connection()._transaction_stack:
+            return contextlib.nullcontext()
+        return self._sqlite_writes
+
     async def _write(self, work: Awaitable[T]) -> T:
         if self.dialect != "sqlite":
             return await work
@@ -578,11 +597,12 @@ class Outbox:
     # --- internals: background loops -------------------------------------------------------------------
 
     async def _sequencer_loop(self) -> None:
-        while True:
-            await self._sequencer_wake.wait()
-            self._sequencer_wake.clear()
-            self.stats.sequencer_wakeups += 1
-            await self._sequence_dirty()
+        async with self._session():
+            while True:
+                await self._sequencer_wake.wait()
+                self._sequencer_wake.clear()
+                self.stats.sequencer_wakeups += 1
+                await self._sequence_dirty()
 
     async def _sequence_dirty(self) -> int:
         total = 0
@@ -617,15 +637,16 @@ class Outbox:
 
     async def _poller_loop(self) -> None:
         next_reconcile = 0.0
-        while True:
-            try:
-                if time.monotonic() >= next_reconcile:
-                    next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
-                    await self._reconcile()
-                await self._poll()
-            except Exception:
-                logger.exception("outbox: poll failed")
-            await asyncio.sleep(self.config.poll_interval_seconds)
+        async with self._session():
+            while True:
+                try:
+                    if time.monotonic() >= next_reconcile:
+                        next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
+                        await self._reconcile()
+                    await self._poll()
+                except Exception:
+                    logger.exception("outbox: poll failed")
+                await asyncio.sleep(self.config.poll_interval_seconds)
 
     async def _reconcile(self) -> None:
         self.stats.reconciles += 1
@@ -660,23 +681,27 @@ class Outbox:
 
     async def _partition_worker(self, partition_id: int) -> None:
         try:
-            while not self._stopping:
-                self._again.discard(partition_id)
-                async with self._slots:
-                    if self._stopping:
-                        return
-                    try:
-                        more = await self._process_partition(partition_id)
-                        self._error_counts.pop(partition_id, None)
-                    except Exception:
-                        logger.exception("outbox: processing partition %s failed", partition_id)
-                        self._wake_later(partition_id, self._error_delay(partition_id))
-                        return
-                if not more and partition_id not in self._again:
-                    return
+            async with self._session():
+                await self._partition_turns(partition_id)
         finally:
             if self._workers.get(partition_id) is asyncio.current_task():
                 del self._workers[partition_id]
+
+    async def _partition_turns(self, partition_id: int) -> None:
+        while not self._stopping:
+            self._again.discard(partition_id)
+            async with self._slots:
+                if self._stopping:
+                    return
+                try:
+                    more = await self._process_partition(partition_id)
+                    self._error_counts.pop(partition_id, None)
+                except Exception:
+                    logger.exception("outbox: processing partition %s failed", partition_id)
+                    self._wake_later(partition_id, self._error_delay(partition_id))
+                    return
+            if not more and partition_id not in self._again:
+                return
 
     async def _process_partition(self, partition_id: int) -> bool:
         """Run up to MAX_BATCHES_PER_TURN batches under one lease; True when more work is waiting."""
@@ -716,7 +741,9 @@ class Outbox:
             plan = self._plan(spec, result, expected, attempts, keep)
             started = time.monotonic()
             try:
-                rows = await self._write(guarded_ack(self.database, partition_id, self.worker_id, plan))
+                rows = await self._write(
+                    guarded_ack(self.database, self.dialect, partition_id, self.worker_id, plan)
+                )
             except LeaseLost:
                 self.stats.lease_lost += 1
                 self.metrics.lease_lost.labels(spec.name).inc()
@@ -884,11 +911,15 @@ class Outbox:
                     retry_at=None,
                     dead_letters=result.dead_letters,
                 )
-                await self._write(guarded_ack(self.database, partition.id, self.worker_id, plan))
+                await self._write(
+                    guarded_ack(self.database, self.dialect, partition.id, self.worker_id, plan)
+                )
                 self._count(spec, result)
             else:
                 await self._write(
-                    release_lease(self.database, partition.id, self.worker_id, uncount_attempt=True)
+                    release_lease(
+                        self.database, self.dialect, partition.id, self.worker_id, uncount_attempt=True
+                    )
                 )
         except Exception:
             logger.exception("outbox: releasing %s/%d at shutdown failed", spec.name, partition.index)

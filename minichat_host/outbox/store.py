@@ -11,25 +11,24 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import databases
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from minichat_host.outbox import sql
 from minichat_host.outbox.errors import LeaseLost, PartitionCountMismatch
+from minichat_host.outbox.sql import DialectName, Sql
 from minichat_host.outbox.tables import (
-    outbox_body,
     outbox_dead_letters,
     outbox_incoming,
-    outbox_outgoing,
     outbox_partitions,
     outbox_processor,
     outbox_vacuum_counter,
 )
 
-DialectName = Literal["sqlite", "postgresql"]
 SEQUENCER_BATCH = 1000
 
 P = outbox_processor.c
@@ -125,6 +124,45 @@ async def load_partitions(db: databases.Database, queues: Sequence[str] | None =
 # --- sequencing -----------------------------------------------------------------------------------------
 
 
+_LOCK_PARTITION = Sql("SELECT id FROM outbox_partitions WHERE id = $1 FOR UPDATE SKIP LOCKED")
+# PostgreSQL: move exactly the rows deleted (RETURNING), numbered in incoming-id order, in one statement.
+_SEQUENCE_POSTGRESQL = Sql(
+    """
+    WITH moved AS (
+        DELETE FROM outbox_incoming WHERE id IN (
+            SELECT id FROM outbox_incoming WHERE partition_id = $1 ORDER BY id LIMIT $2
+        ) RETURNING id, body_id
+    ),
+    base AS (
+        UPDATE outbox_partitions SET sequence = sequence + (SELECT count(*) FROM moved)
+        WHERE id = $1 RETURNING sequence - (SELECT count(*) FROM moved) AS start
+    )
+    INSERT INTO outbox_outgoing (partition_id, seq, body_id, sequenced_at)
+    SELECT $1, base.start + row_number() OVER (ORDER BY moved.id), moved.body_id, $3
+    FROM moved CROSS JOIN base
+    RETURNING seq
+    """
+)
+# SQLite (the transaction holds the database write lock, so the three statements see the same rows).
+_SEQUENCE_SQLITE_INSERT = Sql(
+    """
+    INSERT INTO outbox_outgoing (partition_id, seq, body_id, sequenced_at)
+    SELECT $1, (SELECT sequence FROM outbox_partitions WHERE id = $1) + row_number() OVER (ORDER BY id),
+           body_id, $3
+    FROM (SELECT id, body_id FROM outbox_incoming WHERE partition_id = $1 ORDER BY id LIMIT $2)
+    RETURNING seq
+    """
+)
+_SEQUENCE_SQLITE_DELETE = Sql(
+    """
+    DELETE FROM outbox_incoming WHERE id IN (
+        SELECT id FROM outbox_incoming WHERE partition_id = $1 ORDER BY id LIMIT $2
+    )
+    """
+)
+_SEQUENCE_SQLITE_BUMP = Sql("UPDATE outbox_partitions SET sequence = sequence + $2 WHERE id = $1")
+
+
 async def sequence_partition(
     db: databases.Database,
     dialect: DialectName,
@@ -136,48 +174,17 @@ async def sequence_partition(
 
     Returns how many were sequenced, or None when another sequencer holds the partition (PostgreSQL).
     """
+    sequenced_at = sql.timestamp(dialect, now)
     async with db.transaction():
         if dialect == "postgresql":
-            locked = await db.fetch_one(
-                sa.select(outbox_partitions.c.id)
-                .where(outbox_partitions.c.id == partition_id)
-                .with_for_update(skip_locked=True)
-            )
-            if locked is None:
+            if await sql.fetch_one(db, dialect, _LOCK_PARTITION, partition_id) is None:
                 return None
-        rows = await db.fetch_all(
-            sa.select(outbox_incoming.c.id, outbox_incoming.c.body_id)
-            .where(outbox_incoming.c.partition_id == partition_id)
-            .order_by(outbox_incoming.c.id)
-            .limit(batch)
-        )
-        if not rows:
-            return 0
-        count = len(rows)
-        await db.execute(
-            sa.delete(outbox_incoming).where(outbox_incoming.c.id.in_([int(row[0]) for row in rows]))
-        )
-        last = await db.fetch_val(
-            sa.update(outbox_partitions)
-            .where(outbox_partitions.c.id == partition_id)
-            .values(sequence=outbox_partitions.c.sequence + count)
-            .returning(outbox_partitions.c.sequence)
-        )
-        first = int(last) - count + 1
-        await db.execute(
-            sa.insert(outbox_outgoing).values(
-                [
-                    {
-                        "partition_id": partition_id,
-                        "seq": first + offset,
-                        "body_id": int(row[1]),
-                        "sequenced_at": now,
-                    }
-                    for offset, row in enumerate(rows)
-                ]
-            )
-        )
-    return count
+            return len(await sql.fetch(db, dialect, _SEQUENCE_POSTGRESQL, partition_id, batch, sequenced_at))
+        moved = len(await sql.fetch(db, dialect, _SEQUENCE_SQLITE_INSERT, partition_id, batch, sequenced_at))
+        if moved:
+            await sql.execute(db, dialect, _SEQUENCE_SQLITE_DELETE, partition_id, batch)
+            await sql.execute(db, dialect, _SEQUENCE_SQLITE_BUMP, partition_id, moved)
+        return moved
 
 
 async def partitions_with_incoming(db: databases.Database, partition_ids: Sequence[int]) -> list[int]:
@@ -209,23 +216,67 @@ async def partitions_with_backlog(
     return [(int(row[0]), row[1]) for row in rows]
 
 
-def _batch_query(partition_id: int, after_seq: int, limit: int) -> sa.Select[Any]:
-    return (
-        sa.select(
-            outbox_outgoing.c.seq, outbox_body.c.payload, outbox_body.c.payload_type, outbox_body.c.created_at
-        )
-        .select_from(outbox_outgoing.join(outbox_body, outbox_body.c.id == outbox_outgoing.c.body_id))
-        .where(outbox_outgoing.c.partition_id == partition_id, outbox_outgoing.c.seq > after_seq)
-        .order_by(outbox_outgoing.c.seq)
-        .limit(limit)
-    )
+_BATCH = Sql(
+    """
+    SELECT o.seq, b.payload, b.payload_type, b.created_at
+    FROM outbox_outgoing o JOIN outbox_body b ON b.id = o.body_id
+    WHERE o.partition_id = $1 AND o.seq > $2
+    ORDER BY o.seq LIMIT $3
+    """
+)
+_TAKEABLE = """
+    partition_id = $1
+    AND (locked_by IS NULL OR locked_until < $4 OR locked_by = $2)
+    AND (retry_at IS NULL OR retry_at <= $4)
+"""
+# SET expressions see the old row: a lease still marked with a holder was never acked or released.
+_ACQUIRE_SET = """
+    locked_by = $2, locked_until = $3, attempts = attempts + 1,
+    last_error = CASE WHEN locked_by IS NOT NULL THEN $5 || locked_by || ' expired before its ack'
+                      ELSE last_error END
+"""
+_ACQUIRE = Sql(
+    f"""
+    UPDATE outbox_processor SET {_ACQUIRE_SET}
+    WHERE partition_id = (SELECT partition_id FROM outbox_processor WHERE {_TAKEABLE} FOR UPDATE SKIP LOCKED)
+    RETURNING processed_seq, attempts, last_error
+    """,
+    f"""
+    UPDATE outbox_processor SET {_ACQUIRE_SET} WHERE {_TAKEABLE}
+    RETURNING processed_seq, attempts, last_error
+    """,
+)
+_ACK = Sql(
+    """
+    UPDATE outbox_processor
+    SET processed_seq = $4, attempts = $5, last_error = $6, retry_at = $7, locked_by = $8, locked_until = $9
+    WHERE partition_id = $1 AND locked_by = $2 AND processed_seq = $3
+    RETURNING partition_id
+    """
+)
+_BUMP_VACUUM = Sql("UPDATE outbox_vacuum_counter SET counter = counter + 1 WHERE partition_id = $1")
+_RELEASE_EMPTY = Sql(
+    """
+    UPDATE outbox_processor SET locked_by = NULL, locked_until = NULL, attempts = 0
+    WHERE partition_id = $1 AND locked_by = $2
+    """
+)
+_RELEASE = Sql(
+    """
+    UPDATE outbox_processor
+    SET locked_by = NULL, locked_until = NULL,
+        attempts = CASE WHEN $3 AND attempts > 0 THEN attempts - 1 ELSE attempts END
+    WHERE partition_id = $1 AND locked_by = $2
+    RETURNING partition_id
+    """
+)
 
 
 async def _fetch_batch(
-    db: databases.Database, partition_id: int, after_seq: int, limit: int
+    db: databases.Database, dialect: DialectName, partition_id: int, after_seq: int, limit: int
 ) -> list[OutgoingRow]:
-    rows = await db.fetch_all(_batch_query(partition_id, after_seq, limit))
-    return [OutgoingRow(int(row[0]), bytes(row[1]), str(row[2]), row[3]) for row in rows]
+    rows = await sql.fetch(db, dialect, _BATCH, partition_id, after_seq, limit)
+    return [OutgoingRow(int(r[0]), bytes(r[1]), str(r[2]), sql.parse_timestamp(r[3])) for r in rows]
 
 
 async def acquire_lease(
@@ -242,33 +293,11 @@ async def acquire_lease(
     The lease is a conditional UPDATE: free, expired, or already ours, and past any retry backoff. With
     nothing to deliver the transaction rolls back, so idle polls never touch `attempts`.
     """
-    takeable = sa.and_(
-        P.partition_id == partition_id,
-        sa.or_(P.locked_by.is_(None), P.locked_until < now, P.locked_by == worker),
-        sa.or_(P.retry_at.is_(None), P.retry_at <= now),
-    )
-    where: sa.ColumnElement[bool] = takeable
-    if dialect == "postgresql":
-        where = P.partition_id.in_(
-            sa.select(P.partition_id).where(takeable).with_for_update(skip_locked=True)
-        )
-    # SET expressions see the old row: a lease still marked with a holder was never acked or released.
-    interrupted = sa.literal(INTERRUPTED_PREFIX) + P.locked_by + sa.literal(" expired before its ack")
-    statement = (
-        sa.update(outbox_processor)
-        .where(where)
-        .values(
-            locked_by=worker,
-            locked_until=lease_until,
-            attempts=P.attempts + 1,
-            last_error=sa.case((P.locked_by.is_not(None), interrupted), else_=P.last_error),
-        )
-        .returning(P.processed_seq, P.attempts, P.last_error)
-    )
+    args = (partition_id, worker, sql.timestamp(dialect, lease_until), sql.timestamp(dialect, now))
     transaction = await db.transaction()
     try:
-        row = await db.fetch_one(statement)
-        rows = [] if row is None else await _fetch_batch(db, partition_id, int(row[0]), batch)
+        row = await sql.fetch_one(db, dialect, _ACQUIRE, *args, INTERRUPTED_PREFIX)
+        rows = [] if row is None else await _fetch_batch(db, dialect, partition_id, int(row[0]), batch)
     except BaseException:
         await transaction.rollback()
         raise
@@ -293,7 +322,7 @@ class AckPlan(NamedTuple):
 
 
 async def guarded_ack(
-    db: databases.Database, partition_id: int, worker: str, plan: AckPlan
+    db: databases.Database, dialect: DialectName, partition_id: int, worker: str, plan: AckPlan
 ) -> list[OutgoingRow]:
     """Advance the cursor and write dead letters in one transaction, only while we hold the lease.
 
@@ -303,58 +332,38 @@ async def guarded_ack(
     keep = plan.extend_until is not None
     rows: list[OutgoingRow] = []
     async with db.transaction():
-        guarded = await db.fetch_one(
-            sa.update(outbox_processor)
-            .where(
-                P.partition_id == partition_id,
-                P.locked_by == worker,
-                P.processed_seq == plan.expected_seq,
-            )
-            .values(
-                processed_seq=plan.new_seq,
-                attempts=plan.attempts,
-                last_error=plan.last_error,
-                retry_at=plan.retry_at,
-                locked_by=worker if keep else None,
-                locked_until=plan.extend_until,
-            )
-            .returning(P.partition_id)
+        guarded = await sql.fetch_one(
+            db,
+            dialect,
+            _ACK,
+            partition_id,
+            worker,
+            plan.expected_seq,
+            plan.new_seq,
+            plan.attempts,
+            plan.last_error,
+            None if plan.retry_at is None else sql.timestamp(dialect, plan.retry_at),
+            worker if keep else None,
+            None if plan.extend_until is None else sql.timestamp(dialect, plan.extend_until),
         )
         if guarded is None:
             raise LeaseLost(f"partition {partition_id}: lease no longer held by {worker}")
         if plan.dead_letters:
             await db.execute(sa.insert(outbox_dead_letters).values(plan.dead_letters))
         if plan.new_seq > plan.expected_seq:
-            await db.execute(
-                sa.update(outbox_vacuum_counter)
-                .where(outbox_vacuum_counter.c.partition_id == partition_id)
-                .values(counter=outbox_vacuum_counter.c.counter + 1)
-            )
+            await sql.execute(db, dialect, _BUMP_VACUUM, partition_id)
         if keep:
-            rows = await _fetch_batch(db, partition_id, plan.new_seq, plan.next_batch)
+            rows = await _fetch_batch(db, dialect, partition_id, plan.new_seq, plan.next_batch)
             if not rows:
-                await db.execute(
-                    sa.update(outbox_processor)
-                    .where(P.partition_id == partition_id, P.locked_by == worker)
-                    .values(locked_by=None, locked_until=None, attempts=0)
-                )
+                await sql.execute(db, dialect, _RELEASE_EMPTY, partition_id, worker)
     return rows
 
 
 async def release_lease(
-    db: databases.Database, partition_id: int, worker: str, *, uncount_attempt: bool
+    db: databases.Database, dialect: DialectName, partition_id: int, worker: str, *, uncount_attempt: bool
 ) -> bool:
     """Give the lease back without moving the cursor (shutdown); optionally undo this delivery's attempt."""
-    values: dict[str, Any] = {"locked_by": None, "locked_until": None}
-    if uncount_attempt:
-        values["attempts"] = sa.case((P.attempts > 0, P.attempts - 1), else_=0)
-    row = await db.fetch_one(
-        sa.update(outbox_processor)
-        .where(P.partition_id == partition_id, P.locked_by == worker)
-        .values(**values)
-        .returning(P.partition_id)
-    )
-    return row is not None
+    return await sql.fetch_one(db, dialect, _RELEASE, partition_id, worker, uncount_attempt) is not None
 
 
 async def release_all_leases(db: databases.Database, partition_ids: Sequence[int], worker: str) -> list[int]:

@@ -23,12 +23,12 @@ import databases
 import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient
+from openapi.conftest import embedded_config
 
 import minichat_host.outbox.tables  # noqa: F401  (registers the outbox tables on the shared metadata)
 from minichat_host.api.openapi import Operation
 from minichat_host.app import DATABASE_KEY, create_app
 from minichat_host.db.tables import metadata
-from openapi.conftest import embedded_config
 
 API = "/mini-chat/v1"
 PROBLEM_JSON = "application/problem+json"
@@ -53,7 +53,8 @@ class Api:
 
     @property
     def db(self) -> databases.Database:
-        return self.client.server.app[DATABASE_KEY]
+        database: databases.Database = self.client.app[DATABASE_KEY]
+        return database
 
     def real_ids(self) -> dict[str, str]:
         return {
@@ -160,8 +161,10 @@ def data_dir(tmp_path: Path) -> Path:
 
 def _dev_temp_app(config: Any) -> Any:  # DEV-TEMP
     import sys
+
     sys.path.insert(0, "/tmp/oa")
     from wire_attachments import wire
+
     app = create_app(config)
     if not any("attachments" in r.resource.canonical for r in app.router.routes()):
         wire(app)

@@ -19,7 +19,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from minichat_host.api import openapi
 from minichat_host.api.openapi import OPENAPI_DOCUMENT_KEY, OPERATIONS, STREAM_EVENTS, build_document
 from minichat_host.app import create_app
-from minichat_host.config import Config
+from minichat_host.config import AuthConfig, Config, TrustedHeadersConfig
 from minichat_host.domain import events
 from openapi.conftest import PREFIX, embedded_config
 
@@ -96,9 +96,9 @@ async def test_served_document_is_the_built_one(aiohttp_client: Any, app_config:
     assert response.status == 200
     assert response.content_type == "application/json"
     body = await response.read()
-    assert await response.json() == build_document(PREFIX)
+    assert await response.json() == build_document(PREFIX, app_config.auth)
     # Built once at start-up: every request is answered with the same pre-encoded bytes.
-    assert body == client.server.app[OPENAPI_DOCUMENT_KEY]
+    assert body == client.app[OPENAPI_DOCUMENT_KEY]
     again = await client.get(f"{PREFIX}/v1/openapi.json")
     assert await again.read() == body
 
@@ -135,7 +135,22 @@ async def test_the_document_needs_credentials_like_every_route_under_the_prefix(
     token = jwt.encode(claims, secret, algorithm="HS256")
     response = await client.get(f"{PREFIX}/v1/openapi.json", headers={"Authorization": f"Bearer {token}"})
     assert response.status == 200
-    assert (await response.json())["openapi"] == "3.1.0"
+    document = await response.json()
+    assert document["security"] == [{"bearerAuth": []}]
+
+
+def test_security_follows_the_auth_mode() -> None:
+    assert build_document(PREFIX, AuthConfig(mode="dev"))["security"] == []
+    assert build_document(PREFIX)["security"] == [{"bearerAuth": []}]
+    auth = AuthConfig(mode="trusted_headers", trusted_headers=TrustedHeadersConfig(tenant_header="X-T"))
+    document = build_document(PREFIX, auth)
+    assert document["security"] == [{"gatewaySecret": [], "tenantHeader": [], "userHeader": []}]
+    schemes = document["components"]["securitySchemes"]
+    tenant = schemes["tenantHeader"]
+    assert (tenant["type"], tenant["in"], tenant["name"]) == ("apiKey", "header", "X-T")
+    assert schemes["gatewaySecret"]["name"] == "X-Gateway-Secret"
+    assert "bearerAuth" in schemes
+    validate(document)
 
 
 def test_every_registered_route_is_in_the_table_and_the_table_names_only_routed_operations(

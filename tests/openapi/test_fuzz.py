@@ -18,10 +18,10 @@ import json
 import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pg
 import pytest
 import requests
 import schemathesis
@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -36,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from minichat_host.api.openapi import build_document
 from minichat_host.app import create_app
+from minichat_host.config import AuthConfig
 from openapi.conftest import PREFIX, embedded_config
 from openapi.server import live_server
 
@@ -47,7 +49,9 @@ STACK_TRACE_MARKERS = ("Traceback (most recent call last)", 'File "/')
 
 
 @schemathesis.check
-def problem_json_with_code(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Any) -> None:
+def problem_json_with_code(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Any
+) -> None:
     """Every error body is problem+json with a machine `code`, and never a stack trace."""
     text = response.text
     assert not any(marker in text for marker in STACK_TRACE_MARKERS), f"stack trace in the body: {text[:500]}"
@@ -79,7 +83,11 @@ def _seed_resources(base_url: str) -> dict[str, str]:
     request_id = str(uuid.uuid4())
     stream = session.post(
         f"{api}/chats/{chat_id}/messages:stream",
-        json={"content": "hello", "request_id": request_id, "attachment_ids": [attachment_id] if upload.status_code == 201 else []},
+        json={
+            "content": "hello",
+            "request_id": request_id,
+            "attachment_ids": [attachment_id] if upload.status_code == 201 else [],
+        },
         timeout=TIMEOUT_SECONDS,
     )
     assert stream.status_code == 200 and "event: done" in stream.text, stream.text
@@ -100,7 +108,7 @@ REAL_IDS: dict[str, str] = {}
 
 # The document the app serves (`target` asserts that the served one is exactly this).
 schema = schemathesis.openapi.from_dict(
-    build_document(PREFIX),
+    build_document(PREFIX, AuthConfig()),
     config=schemathesis.Config.from_dict(
         {
             "seed": SEED,
@@ -124,14 +132,28 @@ def flatmap_path_parameters(context: schemathesis.HookContext, path_parameters: 
     return st.sampled_from([path_parameters, {**path_parameters, **real}])
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fuzz_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database shared by every operation's run, on each engine."""
+    if request.param == "sqlite":
+        database = tmp_path_factory.mktemp("fuzz-db") / "minichat.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), database)
+        yield f"sqlite+aiosqlite:///{database}"
+        return
+    server = request.getfixturevalue("pg_server")
+    name = pg.new_database_name("fuzz")
+    url = pg.create_database(server, name, template=request.getfixturevalue("_pg_template"))
+    try:
+        yield url
+    finally:
+        pg.drop_database(server, name)
+
+
 @pytest.fixture(scope="module")
-def target(_sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def target(fuzz_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of the API (prefix included) of one app shared by every operation's run."""
-    root = tmp_path_factory.mktemp("fuzz")
-    database = root / "minichat.db"
-    shutil.copyfile(_sqlite_template, database)
-    (root / "data").mkdir()
-    config = embedded_config(f"sqlite+aiosqlite:///{database}", root / "data")
+    data_dir = tmp_path_factory.mktemp("fuzz-data")
+    config = embedded_config(fuzz_db_url, data_dir)
     with live_server(create_app(config)) as server:
         served = requests.get(f"{server.base_url}{PREFIX}/v1/openapi.json", timeout=TIMEOUT_SECONDS)
         assert served.json() == schema.raw_schema, "the fuzzed document is not the served one"
@@ -148,7 +170,7 @@ def target(_sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-def test_every_operation_conforms_to_the_served_document(case: schemathesis.Case, target: str) -> None:
+def test_every_operation_conforms_to_the_served_document(case: schemathesis.Case[Any], target: str) -> None:
     case.call_and_validate(
         base_url=target,
         checks=[
@@ -158,6 +180,7 @@ def test_every_operation_conforms_to_the_served_document(case: schemathesis.Case
             response_schema_conformance,
             response_headers_conformance,
             problem_json_with_code,
+            negative_data_rejection,
         ],
         timeout=TIMEOUT_SECONDS,
     )

@@ -42,7 +42,11 @@ KNOWN_DIFFERENCES: Mapping[tuple[str, str, str], str] = {
         "the in-stream error is the relay's `{code, message}` in the problem envelope (original-api.md §4); "
         "`trace_id` is optional in the original and not sent in-stream"
     ),
-    ("SseErrorEvent", "errors", "missing"): "optional in the original; field violations never occur in-stream",
+    (
+        "SseErrorEvent",
+        "errors",
+        "missing",
+    ): "optional in the original; field violations never occur in-stream",
     ("WebSearchOption", "enabled", "required"): (
         "the original's implementation requires `enabled` inside `web_search` (original-api.md §4)"
     ),
@@ -185,9 +189,13 @@ def compare_object(
                 found.append(Difference(name, prop, "required", "required by the original, optional in ours"))
         else:
             if not _within(their_types - {"null"}, our_types):
-                found.append(Difference(name, prop, "type", f"ours {sorted(our_types)} vs {sorted(their_types)}"))
+                found.append(
+                    Difference(name, prop, "type", f"ours {sorted(our_types)} vs {sorted(their_types)}")
+                )
             if prop in our_required and prop not in their_required:
-                found.append(Difference(name, prop, "required", "we require what the original leaves optional"))
+                found.append(
+                    Difference(name, prop, "required", "we require what the original leaves optional")
+                )
         our_enum, their_enum = ours_doc.enum(our_props[prop]), theirs_doc.enum(their_schema)
         narrow, wide = (our_enum, their_enum) if direction == "response" else (their_enum, our_enum)
         if wide is not None and (narrow is None or not narrow <= wide):
@@ -215,7 +223,9 @@ def success(operation: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def query_names(document: Mapping[str, Any], operation: Mapping[str, Any]) -> set[str]:
     resolver = Resolver(document)
     return {
-        resolver.deref(p)["name"] for p in operation.get("parameters", []) if resolver.deref(p)["in"] == "query"
+        resolver.deref(p)["name"]
+        for p in operation.get("parameters", [])
+        if resolver.deref(p)["in"] == "query"
     }
 
 
@@ -280,7 +290,9 @@ def _schema_pairs(
 def test_every_original_property_exists_with_a_compatible_type(
     ours: dict[str, Any], reference_document: dict[str, Any]
 ) -> None:
-    found = _differences(Resolver(ours), Resolver(reference_document), _schema_pairs(ours, reference_document))
+    found = _differences(
+        Resolver(ours), Resolver(reference_document), _schema_pairs(ours, reference_document)
+    )
     unexpected = sorted(
         (d.schema, d.prop, d.aspect, d.detail)
         for d in found
@@ -322,7 +334,9 @@ def test_sse_responses_describe_every_original_event_payload(
         if stream is None:
             continue
         our_stream = success(ours["paths"][path][method])[1]["content"]["text/event-stream"]
-        our_payloads = {v["properties"]["data"]["contentSchema"]["$ref"] for v in our_stream["schema"]["oneOf"]}
+        our_payloads = {
+            v["properties"]["data"]["contentSchema"]["$ref"] for v in our_stream["schema"]["oneOf"]
+        }
         their_payloads = {variant["$ref"] for variant in stream["schema"]["oneOf"]}
         assert their_payloads <= our_payloads, (path, their_payloads - our_payloads)
 

@@ -188,11 +188,27 @@ class Harness:
             "outbox": await self.count(outbox_body),
         }
 
-    async def delivered(self, n_turns: int) -> None:
-        """Wait until usage + turn audit events of `n_turns` finalized turns arrived."""
-        await self.recorder.wait_for(
-            lambda: len(self.recorder.usage) >= n_turns and len(self.recorder.turn_audits()) >= n_turns
-        )
+    async def delivered(self, n_turns: int, *, extra_audit: int = 0) -> None:
+        """Deliver the outbox until usage + turn audit events of `n_turns` finalized turns (and
+        `extra_audit` mutation / delete audit events) reached the recorder."""
+        recorder = self.recorder
+
+        def arrived() -> bool:
+            return (
+                len(recorder.usage) >= n_turns
+                and len(recorder.turn_audits()) >= n_turns
+                and len(recorder.audit) - len(recorder.turn_audits()) >= extra_audit
+            )
+
+        if self.outbox.running:
+            await recorder.wait_for(arrived)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not arrived():
+            assert loop.time() < deadline, f"{len(recorder.usage)} usage / {len(recorder.audit)} audit events"
+            if not await self.outbox.run_once():
+                await asyncio.sleep(0.05)
 
 
 async def read_stream(response: Any) -> Streamed:
@@ -238,7 +254,8 @@ def turn_config(db_url: str, data_dir: Path, fake_url: str, **sections: Any) -> 
         },
         "streaming": {"sse_ping_interval_seconds": 0.2},
         "orphan_watchdog": {"enabled": False},
-        "outbox": {"poll_interval_seconds": 0.2},
+        # The tests deliver with `Outbox.run_once()` (deterministic); the load test runs the scheduler.
+        "outbox": {"enabled": False, "poll_interval_seconds": 0.2},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

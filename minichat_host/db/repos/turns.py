@@ -609,7 +609,11 @@ async def attachments_by_id(
     if not ids:
         return {}
     records = await db.fetch_all(
-        sa.select(*_ATTACHMENT_COLUMNS).where(attachments.c.chat_id == chat_id, attachments.c.id.in_(ids))
+        # One equality per id: `databases` does not run the UUID bind processor on expanding IN parameters
+        # on SQLite (and a message has at most 20 attachments).
+        sa.select(*_ATTACHMENT_COLUMNS).where(
+            attachments.c.chat_id == chat_id, sa.or_(*(attachments.c.id == i for i in ids))
+        )
     )
     rows = [AttachmentRow.from_record(r) for r in records]
     return {row.id: row for row in rows}
