@@ -14,6 +14,7 @@ import databases
 from aiohttp import web
 
 from minichat_host.api import health
+from minichat_host.api.attachments import ATTACHMENT_SERVICE_KEY
 from minichat_host.api.problems import problem_middleware, request_id_middleware
 from minichat_host.api.routes import register_all
 from minichat_host.api.services import CHAT_SERVICES_KEY, build_chat_services
@@ -22,6 +23,9 @@ from minichat_host.auth import Authenticator, auth_middleware
 from minichat_host.config import Config
 from minichat_host.db.engine import connect_database, dialect_name
 from minichat_host.db.migrate import aupgrade
+from minichat_host.domain.attachments import AttachmentService, make_local_search, make_local_sheet_reader
+from minichat_host.domain.cleanup import chat_deletion_hook, register_cleanup_queues
+from minichat_host.domain.summaries import register_summary_queue
 from minichat_host.domain.turns import TurnService
 from minichat_host.domain.watchdog import OrphanWatchdog
 from minichat_host.outbox import Outbox, SchedulerAlreadyRunning
@@ -82,8 +86,17 @@ async def _chat_services_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     """The outbox with the usage and audit queues routed to the plugins; its scheduler runs in-process."""
     config = app[CONFIG_KEY]
-    outbox = Outbox(app[DATABASE_KEY], config.outbox, dialect=dialect_name(config.database_url()))
-    register_plugin_queues(outbox, app[PLUGINS_KEY], config)
+    database, plugins = app[DATABASE_KEY], app[PLUGINS_KEY]
+    outbox = Outbox(database, config.outbox, dialect=dialect_name(config.database_url()))
+    register_plugin_queues(outbox, plugins, config)
+    register_cleanup_queues(outbox, plugins, database, config)
+    register_summary_queue(
+        outbox,
+        database=database,
+        catalog=app[CHAT_SERVICES_KEY].catalog,
+        providers=app[PROVIDERS_KEY],
+        config=config,
+    )
     started = False
     if config.outbox.enabled:
         try:
@@ -102,12 +115,34 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
-    registry = ProviderRegistry(app[CONFIG_KEY].providers)
+    config = app[CONFIG_KEY]
+    # Providers without hosted tools (local, openai_chat) search and read files through local storage.
+    registry = ProviderRegistry(
+        config.providers,
+        local_search=make_local_search(app[DATABASE_KEY], app[PLUGINS_KEY]),
+        local_sheet_reader=make_local_sheet_reader(config.data_dir()),
+    )
     app[PROVIDERS_KEY] = registry
     try:
         yield
     finally:
         await registry.aclose()
+
+
+async def _attachments_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Uploads, and chat deletion that enqueues provider clean-up in the same transaction."""
+    services = app[CHAT_SERVICES_KEY]
+    service = AttachmentService(
+        app[DATABASE_KEY],
+        config=app[CONFIG_KEY],
+        catalog=services.catalog,
+        plugins=app[PLUGINS_KEY],
+        outbox=app[OUTBOX_KEY],
+    )
+    await asyncio.to_thread(service.purge_stale_uploads)
+    services.chats.add_deletion_hook(chat_deletion_hook(app[OUTBOX_KEY]))
+    app[ATTACHMENT_SERVICE_KEY] = service
+    yield
 
 
 async def _turns_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -162,7 +197,8 @@ def create_app(
     app.cleanup_ctx.append(_plugins_ctx(extra_plugins, load_entry_points))
     register_all(app, prefix)
     app.cleanup_ctx.append(_chat_services_ctx)
-    app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_providers_ctx)
+    app.cleanup_ctx.append(_outbox_ctx)
+    app.cleanup_ctx.append(_attachments_ctx)
     app.cleanup_ctx.append(_turns_ctx)
     return app

@@ -31,7 +31,7 @@ class Identity(msgspec.Struct, frozen=True):
     is_admin: bool = False
 
 
-IDENTITY_KEY = "minichat.identity"
+IDENTITY_KEY = web.RequestKey("minichat.identity", Identity)
 
 
 def _unauthorized(detail: str) -> ProblemError:

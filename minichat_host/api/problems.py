@@ -109,7 +109,7 @@ def problem_response(
     )
 
 
-REQUEST_ID_KEY = "minichat.request_id"
+REQUEST_ID_KEY = web.RequestKey("minichat.request_id", str)
 
 
 def _trace_id(request: web.Request) -> str | None:

@@ -119,11 +119,12 @@ async def _seed(client: ClientT) -> Api:
         f"{API}/chats/{chat_id}/attachments",
         data=_form("notes.txt", b"A small text attachment.\n", "text/plain"),
     )
-    attachment_id = (await upload.json())["id"] if upload.status == 201 else str(uuid.uuid4())  # DEV-TEMP
+    assert upload.status == 201, await upload.text()
+    attachment_id = (await upload.json())["id"]
     request_id = str(uuid.uuid4())
     stream = await client.post(
         f"{API}/chats/{chat_id}/messages:stream",
-        json={"content": "hello", "request_id": request_id, "attachment_ids": []},  # DEV-TEMP
+        json={"content": "hello", "request_id": request_id, "attachment_ids": [attachment_id]},
     )
     text = await stream.text()
     assert stream.status == 200 and "event: done" in text, text
@@ -159,25 +160,13 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
-def _dev_temp_app(config: Any) -> Any:  # DEV-TEMP
-    import sys
-
-    sys.path.insert(0, "/tmp/oa")
-    from wire_attachments import wire
-
-    app = create_app(config)
-    if not any("attachments" in r.resource.canonical for r in app.router.routes()):
-        wire(app)
-    return app
-
-
 @pytest.fixture
 async def api(aiohttp_client: Any, sqlite_migrated_db_url: str, data_dir: Path) -> Api:
-    client: ClientT = await aiohttp_client(_dev_temp_app(_config(sqlite_migrated_db_url, data_dir)))
+    client: ClientT = await aiohttp_client(create_app(_config(sqlite_migrated_db_url, data_dir)))
     return await _seed(client)
 
 
 @pytest.fixture
 async def api_any_engine(aiohttp_client: Any, migrated_db_url: str, data_dir: Path) -> Api:
-    client: ClientT = await aiohttp_client(_dev_temp_app(_config(migrated_db_url, data_dir)))
+    client: ClientT = await aiohttp_client(create_app(_config(migrated_db_url, data_dir)))
     return await _seed(client)

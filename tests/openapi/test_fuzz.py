@@ -79,14 +79,15 @@ def _seed_resources(base_url: str) -> dict[str, str]:
         files={"file": ("notes.txt", b"The fuzz attachment says hello.\n", "text/plain")},
         timeout=TIMEOUT_SECONDS,
     )
-    attachment_id = upload.json()["id"] if upload.status_code == 201 else str(uuid.uuid4())  # DEV-TEMP
+    assert upload.status_code == 201, upload.text
+    attachment_id = upload.json()["id"]
     request_id = str(uuid.uuid4())
     stream = session.post(
         f"{api}/chats/{chat_id}/messages:stream",
         json={
             "content": "hello",
             "request_id": request_id,
-            "attachment_ids": [attachment_id] if upload.status_code == 201 else [],
+            "attachment_ids": [attachment_id],
         },
         timeout=TIMEOUT_SECONDS,
     )
