@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import databases
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from minichat_host.api import health
+from minichat_host.api import console, health
+from minichat_host.api.admin import ADMIN_OUTBOX_KEY, METRICS_REGISTRY_KEY
 from minichat_host.api.attachments import ATTACHMENT_SERVICE_KEY
 from minichat_host.api.problems import problem_middleware, request_id_middleware
 from minichat_host.api.routes import register_all
@@ -28,7 +30,7 @@ from minichat_host.domain.cleanup import chat_deletion_hook, register_cleanup_qu
 from minichat_host.domain.summaries import register_summary_queue
 from minichat_host.domain.turns import TurnService
 from minichat_host.domain.watchdog import OrphanWatchdog
-from minichat_host.outbox import Outbox, SchedulerAlreadyRunning
+from minichat_host.outbox import Outbox, OutboxMetrics, SchedulerAlreadyRunning
 from minichat_host.outbox.routing import register_plugin_queues
 from minichat_host.plugins.manager import PluginHost
 from minichat_host.providers.base import ProviderRegistry
@@ -87,7 +89,12 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     """The outbox with the usage and audit queues routed to the plugins; its scheduler runs in-process."""
     config = app[CONFIG_KEY]
     database, plugins = app[DATABASE_KEY], app[PLUGINS_KEY]
-    outbox = Outbox(database, config.outbox, dialect=dialect_name(config.database_url()))
+    outbox = Outbox(
+        database,
+        config.outbox,
+        dialect=dialect_name(config.database_url()),
+        metrics=OutboxMetrics(app[METRICS_REGISTRY_KEY]),
+    )
     register_plugin_queues(outbox, plugins, config)
     register_cleanup_queues(outbox, plugins, database, config)
     register_summary_queue(
@@ -108,6 +115,7 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     if not started:
         await outbox.ensure_queues()
     app[OUTBOX_KEY] = outbox
+    app[ADMIN_OUTBOX_KEY] = outbox
     try:
         yield
     finally:
@@ -121,6 +129,7 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
         config.providers,
         local_search=make_local_search(app[DATABASE_KEY], app[PLUGINS_KEY]),
         local_sheet_reader=make_local_sheet_reader(config.data_dir()),
+        local_token_delay_seconds=config.streaming.local_token_delay_seconds,
     )
     app[PROVIDERS_KEY] = registry
     try:
@@ -192,10 +201,12 @@ def create_app(
         client_max_size=config.server.max_json_body_bytes,
     )
     app[CONFIG_KEY] = config
+    app[METRICS_REGISTRY_KEY] = CollectorRegistry()
     health.register(app, prefix)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_plugins_ctx(extra_plugins, load_entry_points))
     register_all(app, prefix)
+    console.register(app, prefix, enabled=config.server.web_console)
     app.cleanup_ctx.append(_chat_services_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     app.cleanup_ctx.append(_outbox_ctx)

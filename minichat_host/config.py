@@ -114,6 +114,7 @@ class StreamingConfig(_Section):
     max_output_tokens: PositiveInt = 32768
     web_search_context_size: Literal["low", "medium", "high"] = "low"
     progress_update_interval_seconds: Seconds = 30.0
+    local_token_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.0
 
 
 class QuotaConfig(_Section):

@@ -38,6 +38,7 @@ import msgspec
 from aiohttp import web
 
 from minichat_host import __version__
+from minichat_host.api.admin import DeadLetterAction, DeadLetterPage, DeadLetterView, OutboxStatusPage
 from minichat_host.api.problems import Problem
 from minichat_host.config import AuthConfig
 from minichat_host.domain import events
@@ -106,6 +107,9 @@ PATH_PARAMETERS: Final[Mapping[str, PathParameter]] = {
     ),
     "msg_id": PathParameter("MessageId", "Message UUID.", {"type": "string", "format": "uuid"}),
     "attachment_id": PathParameter("AttachmentId", "Attachment UUID.", {"type": "string", "format": "uuid"}),
+    "dead_letter_id": PathParameter(
+        "DeadLetterId", "Outbox dead-letter id.", {"type": "string", "pattern": "^[0-9]{1,18}$"}
+    ),
     "model_id": PathParameter(
         "ModelId",
         "Model identifier from the catalog; may contain dots and slashes (e.g. `gpt-4.1`).",
@@ -138,6 +142,7 @@ class Operation:
     errors: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # status → problem codes
     response_headers: Mapping[str, str] = field(default_factory=dict)  # name → description
     free_form_response: bool = False  # the success body is a JSON object with no fixed schema
+    text_response: str | None = None  # the success body is text of this media type (e.g. Prometheus)
 
     @property
     def path_parameters(self) -> tuple[str, ...]:
@@ -430,6 +435,72 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "Get the caller's quota status per tier and period",
         response=QuotaStatusResponse,
     ),
+    # --- operations (extensions: admin role for the outbox) --------------------------------------------
+    Operation(
+        "get",
+        "/v1/admin/outbox/status",
+        "getOutboxStatus",
+        "admin",
+        "Outbox status per queue and partition",
+        "Backlog, processed sequence, lease holder, attempts, last error, oldest pending age. Admin role.",
+        response=OutboxStatusPage,
+        errors={403: ("forbidden",)},
+    ),
+    Operation(
+        "get",
+        "/v1/admin/outbox/dead-letters",
+        "listDeadLetters",
+        "admin",
+        "List outbox dead letters (newest failures first)",
+        "Query: `queue`, `status` (pending|reprocessing|resolved|discarded|all), `limit` 1..1000.",
+        response=DeadLetterPage,
+        errors={400: ("invalid_status", "invalid_limit"), 403: ("forbidden",)},
+    ),
+    Operation(
+        "get",
+        "/v1/admin/outbox/dead-letters/{dead_letter_id}",
+        "getDeadLetter",
+        "admin",
+        "Inspect one dead letter, payload included",
+        response=DeadLetterView,
+        errors={400: ("invalid_id",), 403: ("forbidden",), 404: ("dead_letter_not_found",)},
+    ),
+    Operation(
+        "post",
+        "/v1/admin/outbox/dead-letters/{dead_letter_id}/replay",
+        "replayDeadLetter",
+        "admin",
+        "Replay a pending dead letter at the end of its partition",
+        response=DeadLetterAction,
+        errors={
+            400: ("invalid_id",),
+            403: ("forbidden",),
+            404: ("dead_letter_not_found",),
+            409: ("dead_letter_not_pending",),
+        },
+    ),
+    Operation(
+        "post",
+        "/v1/admin/outbox/dead-letters/{dead_letter_id}/discard",
+        "discardDeadLetter",
+        "admin",
+        "Discard a pending dead letter",
+        response=DeadLetterAction,
+        errors={
+            400: ("invalid_id",),
+            403: ("forbidden",),
+            404: ("dead_letter_not_found",),
+            409: ("dead_letter_not_pending",),
+        },
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "getMetrics",
+        "admin",
+        "Prometheus metrics (outbox queues, clean-up, summaries)",
+        text_response="text/plain",
+    ),
     # --- this document -------------------------------------------------------------------------------
     Operation(
         "get",
@@ -451,6 +522,7 @@ TAGS: Final[tuple[tuple[str, str], ...]] = (
     ("models", "Read-only model catalog visible to the authenticated user."),
     ("quota", "Per-user quota status queries."),
     ("meta", "Description of this API."),
+    ("admin", "Operations: outbox status, dead letters and metrics."),
 )
 
 _INFO_DESCRIPTION: Final = (
@@ -633,6 +705,8 @@ def _success_response(op: Operation) -> dict[str, Any]:
         response["content"] = {JSON: {"schema": _ref(op.response)}}
     elif op.free_form_response:
         response["content"] = {JSON: {"schema": {"type": "object"}}}
+    elif op.text_response is not None:
+        response["content"] = {op.text_response: {"schema": {"type": "string"}}}
     if op.response_headers:
         headers = response.setdefault("headers", {})
         for name, description in op.response_headers.items():

@@ -4,36 +4,53 @@ Supported URLs: `sqlite+aiosqlite:////absolute/path.db` (four slashes for an abs
 `postgresql+asyncpg://user:password@host:port/dbname`; `sqlite://` and `postgresql://` / `postgres://` are
 accepted and mapped to those async drivers.
 
-SQLite settings applied to every pooled connection (databases 0.9 opens a new aiosqlite connection, each on
-its own thread, for every task that touches the database, so a one-off PRAGMA would not stick):
+SQLite settings applied to every pooled connection (databases 0.9 gives every task that touches the database
+its own aiosqlite connection, each on its own thread, so a one-off PRAGMA would not stick):
 `foreign_keys=ON`, `busy_timeout`, `synchronous=NORMAL` (safe with WAL against process crashes). WAL is a
-property of the database file and is switched on once when the pool connects. Root transactions start with
-`BEGIN IMMEDIATE`: a deferred transaction that reads and then writes fails at once with "database is locked"
-when another connection committed in between (the busy timeout does not apply to that case), while
-IMMEDIATE takes the write lock up front and waits for it under the busy timeout.
+property of the database file and is switched on once when the pool connects. databases 0.9 would open and
+close a connection (a thread, the file, the PRAGMAs: about 1 ms) around every query; the pool here keeps up
+to `max_size` idle connections for the next task instead (bench/stream.py and bench/api.py measure it).
+Root transactions start with `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes fails at
+once with "database is locked" when another connection committed in between (the busy timeout does not apply
+to that case), while IMMEDIATE takes the write lock up front and waits for it under the busy timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import aiosqlite
 import asyncpg
 import databases
 import sqlalchemy as sa
-from databases.backends.sqlite import SQLiteBackend, SQLiteConnection, SQLitePool, SQLiteTransaction
+from databases.backends.common.records import Record, Row, create_column_maps
+from databases.backends.postgres import PostgresBackend, PostgresConnection
+from databases.backends.sqlite import (
+    CompilationContext,
+    SQLiteBackend,
+    SQLiteConnection,
+    SQLitePool,
+    SQLiteTransaction,
+)
 from databases.core import DatabaseURL
+from databases.interfaces import Record as RecordInterface
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.cursor import CursorResultMetaData
+from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import ClauseElement
+
+from minichat_host.db.compiled import CachedStatement, StatementCache
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +109,47 @@ def masked_url(url: str) -> str:
 
 
 class _PragmaSQLitePool(SQLitePool):
-    """SQLitePool that runs the connection PRAGMAs on every connection it opens."""
+    """SQLitePool that runs the connection PRAGMAs on every connection it opens and reuses idle ones."""
 
-    def __init__(self, url: DatabaseURL, pragmas: tuple[str, ...], **options: Any) -> None:
+    def __init__(self, url: DatabaseURL, pragmas: tuple[str, ...], *, max_idle: int, **options: Any) -> None:
         super().__init__(url, **options)
         self._pragmas = pragmas
+        self._max_idle = max_idle
+        self._idle: list[aiosqlite.Connection] = []
 
     async def acquire(self) -> aiosqlite.Connection:
+        while self._idle:
+            connection = self._idle.pop()
+            if _reusable(connection):
+                return connection
+            await super().release(connection)
+        return await self._open()
+
+    async def release(self, connection: aiosqlite.Connection) -> None:
+        # Only a connection at rest goes back: a transaction left open (a failed rollback) is closed instead.
+        if len(self._idle) < self._max_idle and _reusable(connection):
+            self._idle.append(connection)
+            return
+        await super().release(connection)
+
+    async def close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                await super().release(connection)
+
+    async def _open(self) -> aiosqlite.Connection:
         # As SQLitePool.acquire, plus: when opening fails, aiosqlite stops its worker thread without waiting
         # for it, and the thread then reports to an event loop that may already be closed; wait for it here.
         connection = aiosqlite.connect(database=self._database, isolation_level=None, **self._options)
+        worker = getattr(connection, "_thread", None)
+        if isinstance(worker, threading.Thread):
+            # An idle pooled connection that nobody closes (no disconnect) must not keep the process alive at
+            # exit; leaving a WAL database without closing it is as safe as a crash.
+            worker.daemon = True
         try:
             await connection.__aenter__()
         except BaseException:
-            worker = getattr(connection, "_thread", None)
             if isinstance(worker, threading.Thread) and worker.is_alive():
                 await asyncio.to_thread(worker.join, 5)
             raise
@@ -114,9 +158,17 @@ class _PragmaSQLitePool(SQLitePool):
                 cursor = await connection.execute(pragma)
                 await cursor.close()
         except BaseException:
-            await self.release(connection)
+            await super().release(connection)  # closed, never pooled half-configured
             raise
         return connection
+
+
+def _reusable(connection: aiosqlite.Connection) -> bool:
+    """Open, its worker thread alive, and not inside a transaction."""
+    try:
+        return bool(connection._running) and not connection.in_transaction
+    except (ValueError, sqlite3.ProgrammingError):  # closed underneath
+        return False
 
 
 class _ImmediateSQLiteTransaction(SQLiteTransaction):
@@ -132,15 +184,96 @@ class _ImmediateSQLiteTransaction(SQLiteTransaction):
 
 
 class _ImmediateSQLiteConnection(SQLiteConnection):
+    """BEGIN IMMEDIATE transactions; statements, column maps and result metadata from the shared cache."""
+
+    def __init__(self, pool: SQLitePool, dialect: Dialect, statements: StatementCache) -> None:
+        super().__init__(pool, dialect)
+        self._statements = statements
+
     def transaction(self) -> _ImmediateSQLiteTransaction:
         return _ImmediateSQLiteTransaction(self)
+
+    def _compile(self, query: ClauseElement) -> Any:
+        return self._prepare(query)[:4]
+
+    def _prepare(self, query: ClauseElement) -> tuple[str, list[Any], Any, Any, Any, CachedStatement | None]:
+        """(sql, args, result columns, compilation context, column maps, cache entry or None)."""
+        hit = self._statements.lookup(query)
+        if hit is None:
+            sql, args, result_columns, context = cast(Any, super()._compile(query))  # 4 on SQLite
+            return sql, args, result_columns, context, create_column_maps(result_columns), None
+        entry, params = hit
+        compiled = entry.compiled
+        derived = entry.derived
+        if not derived:
+            execution_context: Any = self._dialect.execution_ctx_cls()
+            execution_context.dialect = self._dialect
+            execution_context.result_column_struct = (
+                compiled._result_columns,
+                compiled._ordered_columns,
+                compiled._textual_ordered_columns,
+                compiled._ad_hoc_textual,
+                compiled._loose_column_name_matching,
+            )
+            derived["context"] = CompilationContext(execution_context)
+            derived["column_maps"] = create_column_maps(compiled._result_columns)
+        processors: Any = compiled._bind_processors
+        args = [
+            processors[name](params[name]) if name in processors else params[name]
+            for name in compiled.positiontup or ()
+        ]
+        return (
+            compiled.string,
+            args,
+            compiled._result_columns,
+            derived["context"],
+            derived["column_maps"],
+            entry,
+        )
+
+    def _metadata(self, entry: CachedStatement | None, context: Any, description: Any) -> Any:
+        # The same SQL always has the same cursor description: build its result metadata once.
+        metadata: CursorResultMetaData | None = entry.derived.get("metadata") if entry else None
+        if metadata is None:
+            metadata = CursorResultMetaData(context, description)
+            if entry is not None:
+                entry.derived["metadata"] = metadata
+        return metadata
+
+    async def fetch_all(self, query: ClauseElement) -> list[Record]:  # type: ignore[override]  # databases: its own two Record types
+        assert self._connection is not None, "Connection is not acquired"
+        sql, args, result_columns, context, column_maps, entry = self._prepare(query)
+        async with self._connection.execute(sql, args) as cursor:
+            rows = await cursor.fetchall()
+            metadata = self._metadata(entry, context, cursor.description)
+        processors, keymap = metadata._processors, metadata._keymap
+        return [
+            Record(Row(metadata, processors, keymap, row), result_columns, self._dialect, column_maps)
+            for row in rows
+        ]
+
+    async def fetch_one(self, query: ClauseElement) -> Record | None:
+        assert self._connection is not None, "Connection is not acquired"
+        sql, args, result_columns, context, column_maps, entry = self._prepare(query)
+        async with self._connection.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            metadata = self._metadata(entry, context, cursor.description)
+        record = Row(metadata, metadata._processors, metadata._keymap, row)
+        return Record(record, result_columns, self._dialect, column_maps)
 
 
 class MinichatSQLiteBackend(SQLiteBackend):
     """databases' SQLite backend with per-connection PRAGMAs and BEGIN IMMEDIATE transactions."""
 
     def __init__(
-        self, database_url: DatabaseURL | str, *, busy_timeout_ms: int = 5000, **options: Any
+        self,
+        database_url: DatabaseURL | str,
+        *,
+        busy_timeout_ms: int = 5000,
+        max_idle: int = 10,
+        **options: Any,
     ) -> None:
         # sqlite3's own `timeout` is the busy timeout too; keep both in agreement.
         options.setdefault("timeout", busy_timeout_ms / 1000)
@@ -152,10 +285,74 @@ class MinichatSQLiteBackend(SQLiteBackend):
             f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
             "PRAGMA synchronous=NORMAL",
         )
-        self._pool = _PragmaSQLitePool(self._database_url, pragmas, **self._options)
+        self._pragma_pool = _PragmaSQLitePool(
+            self._database_url, pragmas, max_idle=max(0, max_idle), **self._options
+        )
+        self._pool = self._pragma_pool
+        self._statements = StatementCache(self._dialect)
+
+    async def disconnect(self) -> None:
+        await self._pragma_pool.close_idle()
+        await super().disconnect()
 
     def connection(self) -> _ImmediateSQLiteConnection:
-        return _ImmediateSQLiteConnection(self._pool, self._dialect)
+        return _ImmediateSQLiteConnection(self._pool, self._dialect, self._statements)
+
+
+class _CachedPostgresConnection(PostgresConnection):
+    """PostgresConnection with statements and column maps from the shared cache."""
+
+    def __init__(self, database: PostgresBackend, dialect: Dialect, statements: StatementCache) -> None:
+        super().__init__(database, dialect)
+        self._statements = statements
+
+    def _compile(self, query: ClauseElement) -> Any:
+        return self._prepare(query)[:3]
+
+    def _prepare(self, query: ClauseElement) -> tuple[str, list[Any], Any, Any]:
+        """(sql with $n placeholders, args, result columns, column maps)."""
+        hit = self._statements.lookup(query)
+        if hit is None:
+            sql, args, result_columns = super()._compile(query)
+            return sql, args, result_columns, create_column_maps(result_columns)
+        entry, params = hit
+        compiled = entry.compiled
+        derived = entry.derived
+        if not derived:
+            # As databases does: parameters numbered in the order of their sorted names.
+            names = sorted(params)
+            derived["names"] = names
+            derived["sql"] = compiled.string % {name: f"${i}" for i, name in enumerate(names, start=1)}
+            derived["column_maps"] = create_column_maps(compiled._result_columns)
+        processors: Any = compiled._bind_processors
+        args = [
+            processors[name](params[name]) if name in processors else params[name]
+            for name in derived["names"]
+        ]
+        return derived["sql"], args, compiled._result_columns, derived["column_maps"]
+
+    async def fetch_all(self, query: ClauseElement) -> list[RecordInterface]:
+        assert self._connection is not None, "Connection is not acquired"
+        sql, args, result_columns, column_maps = self._prepare(query)
+        rows = await self._connection.fetch(sql, *args)
+        return [Record(row, result_columns, self._dialect, column_maps) for row in rows]
+
+    async def fetch_one(self, query: ClauseElement) -> RecordInterface | None:
+        assert self._connection is not None, "Connection is not acquired"
+        sql, args, result_columns, column_maps = self._prepare(query)
+        row = await self._connection.fetchrow(sql, *args)
+        return None if row is None else Record(row, result_columns, self._dialect, column_maps)
+
+
+class MinichatPostgresBackend(PostgresBackend):
+    """databases' PostgreSQL backend with the compiled-statement cache."""
+
+    def __init__(self, database_url: DatabaseURL | str, **options: Any) -> None:
+        super().__init__(database_url, **options)
+        self._statements = StatementCache(self._dialect)
+
+    def connection(self) -> _CachedPostgresConnection:
+        return _CachedPostgresConnection(self, self._dialect, self._statements)
 
 
 class _MinichatDatabase(databases.Database):
@@ -163,6 +360,8 @@ class _MinichatDatabase(databases.Database):
         **databases.Database.SUPPORTED_BACKENDS,
         SQLITE_DRIVER_SCHEME: f"{__name__}:MinichatSQLiteBackend",
         "sqlite": f"{__name__}:MinichatSQLiteBackend",
+        POSTGRES_DRIVER_SCHEME: f"{__name__}:MinichatPostgresBackend",
+        "postgresql": f"{__name__}:MinichatPostgresBackend",
     }
 
 
@@ -171,7 +370,8 @@ async def connect_database(
 ) -> databases.Database:
     """A connected `databases.Database` for a SQLite or PostgreSQL URL (the caller disconnects it).
 
-    SQLite: the parent directory is created, WAL is switched on and each connection gets the PRAGMAs above.
+    SQLite: the parent directory is created, WAL is switched on, each connection gets the PRAGMAs above and
+    up to `max_size` idle connections are kept for reuse.
     PostgreSQL: an asyncpg pool of `min_size`..`max_size` connections.
     """
     url = async_driver_url(url)
@@ -179,7 +379,7 @@ async def connect_database(
     if dialect_name(url) == "sqlite":
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        database = _MinichatDatabase(url, busy_timeout_ms=sqlite_busy_timeout_ms)
+        database = _MinichatDatabase(url, busy_timeout_ms=sqlite_busy_timeout_ms, max_idle=max_size)
         await database.connect()
         try:
             await _enable_wal(database, path)

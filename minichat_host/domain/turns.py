@@ -624,6 +624,7 @@ class TurnService:
             boundary=prepared.boundary,
             frontier=summary.frontier if summary else None,
             limit=self._config.context.recent_messages_limit,
+            exclude_request_id=prepared.request_id,
         )
         tools, tool_specs = self._tools(effective, prepared)
         base_ctx = self._turn_context(prepared, assistant_message_id, summary_trigger=None)

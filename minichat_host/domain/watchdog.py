@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Final
 
 import databases
-import sqlalchemy as sa
 
 from minichat_host import constants
 from minichat_host.config import Config
@@ -82,7 +81,7 @@ class OrphanWatchdog:
         async with self._db.connection() as connection:
             # Session-level lock on the connection this task's queries run on, released before it goes back.
             locked = await connection.fetch_val(
-                sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": constants.ADVISORY_LOCK_ORPHAN_WATCHDOG}
+                "SELECT pg_try_advisory_lock(:key)", {"key": constants.ADVISORY_LOCK_ORPHAN_WATCHDOG}
             )
             if not locked:
                 return 0
@@ -90,7 +89,7 @@ class OrphanWatchdog:
                 return await self._scan()
             finally:
                 await connection.execute(
-                    sa.text("SELECT pg_advisory_unlock(:key)"),
+                    "SELECT pg_advisory_unlock(:key)",
                     {"key": constants.ADVISORY_LOCK_ORPHAN_WATCHDOG},
                 )
 

@@ -317,6 +317,7 @@ class Outbox:
         self._stopping = False
         self._dirty: dict[int, None] = {}
         self._sequencer_wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -452,6 +453,7 @@ class Outbox:
             raise
         self._started = True
         self._stopping = False
+        self._stop_requested.clear()
         self._background = [
             asyncio.create_task(self._sequencer_loop(), name="outbox-sequencer"),
             asyncio.create_task(self._poller_loop(), name="outbox-poller"),
@@ -464,23 +466,26 @@ class Outbox:
         )
 
     async def stop(self, grace_seconds: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Stop taking leases, let in-flight messages finish (up to `grace_seconds`), ack, release leases."""
+        """Stop taking leases, let in-flight messages finish (up to `grace_seconds`), ack, release leases.
+
+        Shutdown is cooperative: every loop and worker finishes the database transaction it is in and
+        exits. Only what is still running after the grace period is cancelled (a handler that hangs);
+        cancelling in the middle of a transaction could leave a pooled connection checked out.
+        """
         if not self._started:
             return
         self._stopping = True
+        self._stop_requested.set()
+        self._sequencer_wake.set()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for task in self._background:
+        tasks = [*self._background, *self._workers.values()]
+        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._background = []
-        workers = list(self._workers.values())
-        if workers:
-            _, pending = await asyncio.wait(workers, timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
         # Anything still leased to us (e.g. an ack that failed on a database error) goes back now.
         if self._partitions:
             try:
@@ -596,17 +601,24 @@ class Outbox:
 
     # --- internals: background loops -------------------------------------------------------------------
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but return at once when stop() is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
     async def _sequencer_loop(self) -> None:
         async with self._session():
             while True:
                 await self._sequencer_wake.wait()
+                if self._stopping:
+                    return
                 self._sequencer_wake.clear()
                 self.stats.sequencer_wakeups += 1
                 await self._sequence_dirty()
 
     async def _sequence_dirty(self) -> int:
         total = 0
-        while self._dirty:
+        while self._dirty and not self._stopping:
             partition_id = next(iter(self._dirty))
             del self._dirty[partition_id]
             try:
@@ -638,7 +650,7 @@ class Outbox:
     async def _poller_loop(self) -> None:
         next_reconcile = 0.0
         async with self._session():
-            while True:
+            while not self._stopping:
                 try:
                     if time.monotonic() >= next_reconcile:
                         next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
@@ -646,7 +658,7 @@ class Outbox:
                     await self._poll()
                 except Exception:
                     logger.exception("outbox: poll failed")
-                await asyncio.sleep(self.config.poll_interval_seconds)
+                await self._pause(self.config.poll_interval_seconds)
 
     async def _reconcile(self) -> None:
         self.stats.reconciles += 1
@@ -669,7 +681,9 @@ class Outbox:
 
     async def _vacuum_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.vacuum_interval_seconds)
+            await self._pause(self.config.vacuum_interval_seconds)
+            if self._stopping:
+                return
             try:
                 deleted = await vacuum(self.database, list(self._partitions), write=self._write)
                 if deleted:

@@ -171,7 +171,7 @@ class Citation(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     source: Literal["file", "web"]
     title: str
-    snippet: str = ""
+    snippet: str  # required on the wire, even when empty (no default, so never omitted)
     url: str | None = None
     attachment_id: str | None = None
     score: float | None = None

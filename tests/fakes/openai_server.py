@@ -114,6 +114,8 @@ class Script:
     reasoning_tokens: int = 0
     omit_usage: bool = False
     refusal: list[str] | None = None  # refusal deltas sent after the text (a model declining to answer)
+    # Benchmarks: append `@<time.monotonic_ns()>` at send time to each text delta (one clock per machine).
+    stamp_tokens: bool = False
 
     def deltas(self) -> list[str]:
         if self.tokens is not None:
@@ -207,6 +209,12 @@ def _openai_error(
     status: int, message: str, *, type_: str, code: str | None, param: str | None = None
 ) -> web.Response:
     return _json({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+def _stamped(token: str) -> str:
+    """The token with its send time appended (`tok3@123456789 `), for latency benchmarks."""
+    body = token.rstrip()
+    return f"{body}@{time.monotonic_ns()}{token[len(body) :]}"
 
 
 class _ClientGone(Exception):
@@ -781,6 +789,8 @@ class FakeOpenAI:
             await self._pause(request, script.stall_seconds)
         for count, token in enumerate(plan.tokens, start=1):
             await self._pause(request, (script.ttft_ms if count == 1 else script.token_gap_ms) / 1000)
+            if script.stamp_tokens:
+                token = _stamped(token)
             await send(
                 {
                     "type": "response.output_text.delta",
@@ -994,6 +1004,8 @@ class FakeOpenAI:
             await self._pause(request, script.stall_seconds)
         for count, token in enumerate(tokens, start=1):
             await self._pause(request, (script.ttft_ms if count == 1 else script.token_gap_ms) / 1000)
+            if script.stamp_tokens:
+                token = _stamped(token)
             await send(chunk({"content": token}))
             if script.fail_after == count:
                 if script.fail_mode == "drop":
@@ -1234,7 +1246,9 @@ class _ResponsePlan:
 # --- standalone -----------------------------------------------------------------------------------
 async def _serve(args: argparse.Namespace) -> None:
     tokens = [f"tok{i} " for i in range(args.tokens)] if args.tokens is not None else None
-    script = Script(ttft_ms=args.ttft_ms, token_gap_ms=args.token_gap_ms, tokens=tokens)
+    script = Script(
+        ttft_ms=args.ttft_ms, token_gap_ms=args.token_gap_ms, tokens=tokens, stamp_tokens=args.stamp_tokens
+    )
     fake = FakeOpenAI(api_key=args.api_key or None, default_script=script, record_limit=args.record_limit)
     base_url = await fake.start(args.host, args.port)
     print(f"FAKE_OPENAI_URL={base_url}", flush=True)
@@ -1260,6 +1274,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the accepted key; '' accepts any key")
     parser.add_argument("--record-limit", type=int, default=1000, help="requests kept for inspection")
+    parser.add_argument(
+        "--stamp-tokens", action="store_true", help="append `@<monotonic ns>` send times to text deltas"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

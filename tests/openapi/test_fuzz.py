@@ -1,15 +1,18 @@
-"""Schemathesis against the served document: the app runs on a loopback port (SQLite, local provider, dev
-identity) and every operation of `{prefix}/v1/openapi.json` gets a bounded, deterministic run of generated
-requests, valid and invalid (examples, coverage and fuzzing phases).
+"""Schemathesis against the served document: the app runs on a loopback port (local provider, dev identity;
+SQLite and PostgreSQL) and every operation of `{prefix}/v1/openapi.json` gets a bounded, deterministic run
+of generated requests, valid and invalid (examples, coverage and fuzzing phases; fixed seed, derandomized).
 
-Checks on every response: no 5xx, the status is documented, the content type is the documented one, the
-body and headers conform to the documented schema — for the SSE operations every event of the stream is
-validated against its payload schema — and every 4xx/5xx body is problem+json with a non-empty `code` and
-no stack trace.
+Checks on every response: no 5xx; the status and content type are documented; the body and headers conform
+to the documented schema — the SSE operations are fuzzed like the others and every event of each stream
+is validated against its payload schema; a request the document calls invalid is rejected with a 4xx; and
+every 4xx/5xx body is problem+json with a non-empty `code` and no stack trace.
 
-So that generated requests reach more than 404s, path parameters are, in half of the cases, replaced by
-real ids: a chat with a completed turn (its request_id and assistant message) and an attachment linked to
-that turn. DELETE of the chat itself keeps its generated id so the chat survives for the other operations.
+So that generated requests reach more than 404s, path parameters are, in half of the generated cases,
+replaced by real ids: a chat with a completed turn (its request_id and assistant message) and an attachment
+linked to that turn. DELETE of the chat itself keeps its generated id so the chat survives for the others.
+
+The schema object is built in-process from `build_document` and the `target` fixture asserts that the app
+serves exactly that document (schemathesis' fixture-based lazy loader does not work with pytest 9.2).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ SEED = 20261122
 MAX_EXAMPLES = 25
 TIMEOUT_SECONDS = 30
 MAX_STREAM_EVENTS = 100_000
-STACK_TRACE_MARKERS = ("Traceback (most recent call last)", 'File "/')
+STACK_TRACE_MARKER = "Traceback (most recent call last)"
 
 
 @schemathesis.check
@@ -54,7 +57,7 @@ def problem_json_with_code(
 ) -> None:
     """Every error body is problem+json with a machine `code`, and never a stack trace."""
     text = response.text
-    assert not any(marker in text for marker in STACK_TRACE_MARKERS), f"stack trace in the body: {text[:500]}"
+    assert STACK_TRACE_MARKER not in text, f"stack trace in the body: {text[:500]}"
     if response.status_code < 400:
         return
     content_type = response.headers.get("content-type", [""])[0]

@@ -528,10 +528,12 @@ async def context_history(
     boundary: Boundary | None,
     frontier: Boundary | None,
     limit: int,
+    exclude_request_id: uuid.UUID | None = None,
 ) -> list[MessageRow]:
     """History offered to context assembly, oldest first: live rows with a request_id, not compressed,
     at or before `boundary` (None: the chat had no messages), after the summary `frontier`; the newest
-    `limit` of them."""
+    `limit` of them. `exclude_request_id` (the turn being assembled) never counts as its own history, even
+    when a row dated after it moved the boundary past it."""
     if boundary is None or limit <= 0:
         return []
     query = sa.select(*_MESSAGE_COLUMNS).where(
@@ -543,6 +545,8 @@ async def context_history(
     )
     if frontier is not None:
         query = query.where(_after(frontier))
+    if exclude_request_id is not None:
+        query = query.where(messages.c.request_id != exclude_request_id)
     records = await db.fetch_all(
         query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
     )
