@@ -171,27 +171,80 @@ def _reusable(connection: aiosqlite.Connection) -> bool:
         return False
 
 
+class _WriteGate:
+    """One write transaction at a time per database in this process, waiting in FIFO order.
+
+    Writers queue here instead of in SQLite's busy handler, which polls the lock with sleeps of up to
+    100 ms: a transaction now starts as soon as the previous one ended (bench/stream.py: BEGIN IMMEDIATE
+    averaged 11.6 ms of waiting at 10 concurrent streams). The wait is bounded by the busy timeout and ends
+    with SQLite's own "database is locked" error, as before; other processes still meet the busy handler.
+    """
+
+    def __init__(self, busy_timeout_ms: int) -> None:
+        self._lock = asyncio.Lock()
+        self._limit_seconds = busy_timeout_ms / 1000
+
+    async def acquire(self) -> None:
+        if not self._lock.locked():
+            await self._lock.acquire()
+            return
+        try:
+            async with asyncio.timeout(self._limit_seconds):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise sqlite3.OperationalError("database is locked") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
 class _ImmediateSQLiteTransaction(SQLiteTransaction):
+    def __init__(self, connection: _ImmediateSQLiteConnection, gate: _WriteGate) -> None:
+        super().__init__(connection)
+        self._gate = gate
+
     async def start(self, is_root: bool, extra_options: dict[Any, Any]) -> None:
         if not is_root:
             await super().start(is_root, extra_options)
             return
         raw = self._connection._connection
         assert raw is not None, "Connection is not acquired"
+        await self._gate.acquire()
+        try:
+            async with raw.execute("BEGIN IMMEDIATE") as cursor:
+                await cursor.close()
+        except BaseException:
+            self._gate.release()
+            raise
         self._is_root = True
-        async with raw.execute("BEGIN IMMEDIATE") as cursor:
-            await cursor.close()
+
+    async def commit(self) -> None:
+        try:
+            await super().commit()
+        finally:
+            if self._is_root:
+                self._gate.release()
+
+    async def rollback(self) -> None:
+        try:
+            await super().rollback()
+        finally:
+            if self._is_root:
+                self._gate.release()
 
 
 class _ImmediateSQLiteConnection(SQLiteConnection):
     """BEGIN IMMEDIATE transactions; statements, column maps and result metadata from the shared cache."""
 
-    def __init__(self, pool: SQLitePool, dialect: Dialect, statements: StatementCache) -> None:
+    def __init__(
+        self, pool: SQLitePool, dialect: Dialect, statements: StatementCache, gate: _WriteGate
+    ) -> None:
         super().__init__(pool, dialect)
         self._statements = statements
+        self._gate = gate
 
     def transaction(self) -> _ImmediateSQLiteTransaction:
-        return _ImmediateSQLiteTransaction(self)
+        return _ImmediateSQLiteTransaction(self, self._gate)
 
     def _compile(self, query: ClauseElement) -> Any:
         return self._prepare(query)[:4]
@@ -290,13 +343,14 @@ class MinichatSQLiteBackend(SQLiteBackend):
         )
         self._pool = self._pragma_pool
         self._statements = StatementCache(self._dialect)
+        self._gate = _WriteGate(busy_timeout_ms)
 
     async def disconnect(self) -> None:
         await self._pragma_pool.close_idle()
         await super().disconnect()
 
     def connection(self) -> _ImmediateSQLiteConnection:
-        return _ImmediateSQLiteConnection(self._pool, self._dialect, self._statements)
+        return _ImmediateSQLiteConnection(self._pool, self._dialect, self._statements, self._gate)
 
 
 class _CachedPostgresConnection(PostgresConnection):

@@ -31,6 +31,7 @@ from minichat_host.outbox.errors import (
 )
 from minichat_host.outbox.metrics import OutboxMetrics
 from minichat_host.outbox.models import DeadLetter, DeadLetterFilter, Delivery, Enqueued, QueueStatus
+from minichat_host.outbox.routing import queue_timing, register_domain_queue, register_plugin_queues
 from minichat_host.outbox.scheduler import DeadLetters, Outbox, OutboxStats, OutboxTransaction, QueueSpec
 from minichat_host.outbox.status import queue_status
 from minichat_host.outbox.vacuum import vacuum
@@ -67,6 +68,9 @@ __all__ = [
     "list_dead_letters",
     "partition_for",
     "queue_status",
+    "queue_timing",
+    "register_domain_queue",
+    "register_plugin_queues",
     "reject_dead_letters",
     "replay_dead_letters",
     "resolve_dead_letters",

@@ -38,31 +38,3 @@ async def make_outbox(database: databases.Database, engine_name: str) -> AsyncIt
     finally:
         for outbox in factory.created:
             await outbox.stop(grace_seconds=2.0)
-
-
-# DEBUG-HANG (temporary)
-import threading as _threading
-import sys as _sys
-import asyncio as _asyncio
-
-
-@pytest.fixture(autouse=True)
-async def _hang_watchdog(request: pytest.FixtureRequest) -> Any:
-    done = _threading.Event()
-    loop = _asyncio.get_running_loop()
-
-    def watch() -> None:
-        if done.wait(40):
-            return
-        with open("/tmp/outbox_dev/hang_dump.txt", "a") as out:
-            print(f"\n=== HANG in {request.node.nodeid}", file=out, flush=True)
-            import faulthandler
-            faulthandler.dump_traceback(file=out)
-            for task in list(_asyncio.all_tasks(loop)):
-                print("--- task", task.get_name(), file=out)
-                task.print_stack(file=out)
-
-    thread = _threading.Thread(target=watch, daemon=True)
-    thread.start()
-    yield
-    done.set()
