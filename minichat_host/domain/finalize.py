@@ -191,7 +191,8 @@ class Finalizer:
                     raise
                 continue
             except Exception as exc:
-                if is_unavailable_error(exc) and unavailable < _UNAVAILABLE_RETRIES:
+                retryable = is_unavailable_error(exc) or turns.is_lock_conflict(exc)
+                if retryable and unavailable < _UNAVAILABLE_RETRIES:
                     unavailable += 1
                     await asyncio.sleep(_UNAVAILABLE_BACKOFF_SECONDS * unavailable)
                     continue
@@ -209,6 +210,9 @@ class Finalizer:
         facts = ctx.facts
         now = self._clock()
         async with self._outbox.transaction() as tx:
+            if ctx.reserve is not None:
+                # Quota rows before the turn row: the order the send transaction takes them in.
+                await quota_ledger.lock_usage(self._db, facts.tenant_id, facts.user_id, ctx.periods)
             won = await turns.cas_finish(
                 self._db,
                 facts.turn_id,
@@ -302,7 +306,7 @@ class Finalizer:
             )
             await turns.set_assistant_message(self._db, facts.turn_id, ctx.assistant_message_id)
         except Exception as exc:
-            if is_unavailable_error(exc):
+            if is_unavailable_error(exc) or turns.is_lock_conflict(exc):
                 raise
             raise _MessagePersistenceFailed(str(exc)) from exc
 

@@ -92,6 +92,7 @@ log = logging.getLogger("minichat.turns")
 Clock = Callable[[], dt.datetime]
 VISION_INPUT: Final = "VISION_INPUT"
 _SHUTDOWN_GRACE_SECONDS: Final = 10.0
+_LOCK_CONFLICT_ATTEMPTS: Final = 3
 
 
 def utc_now() -> dt.datetime:
@@ -997,7 +998,7 @@ class TurnService:
                 inputs = dataclasses.replace(inputs, web_search=True)
             now = self._clock()
             periods = tuple(periods_for(now))
-            async with self._db.transaction():
+            async with self._outbox.transaction():
                 usage = await quota_ledger.load_usage(
                     self._db, who.tenant_id, who.user_id, periods, for_update=True
                 )

@@ -135,7 +135,11 @@ class OrphanWatchdog:
         )
         billing = derive_billing("failed", ORPHAN_TIMEOUT, has_usage=False)
         now = self._clock()
+        periods = periods_for(turn.started_at)
         async with self._outbox.transaction() as tx:
+            if model is not None and turn.requester_user_id is not None:
+                # Quota rows before the turn row, the order every turn transaction uses.
+                await quota_ledger.lock_usage(self._db, turn.tenant_id, turn.requester_user_id, periods)
             if not await turns.cas_orphan(self._db, turn.id, stale_before=now - stale_after, now=now):
                 return False
             charge = 0
@@ -151,7 +155,7 @@ class OrphanWatchdog:
                     ),
                     usage=None,
                     model=model,
-                    periods=periods_for(turn.started_at),
+                    periods=periods,
                     overshoot_tolerance=self._config.quota.overshoot_tolerance_factor,
                     web_search_calls=turn.web_search_completed_count,
                     code_interpreter_calls=turn.code_interpreter_completed_count,

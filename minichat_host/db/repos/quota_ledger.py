@@ -75,7 +75,11 @@ async def load_usage(
         _period_filter(periods),
     )
     if for_update:
-        query = query.order_by(quota_usage.c.id).with_for_update()
+        # Every writer locks a user's rows through this one ordering, so two transactions never wait on
+        # each other's rows in opposite orders (a send's cascade vs. a finalizer's settlement).
+        query = query.order_by(
+            quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket
+        ).with_for_update()
     rows = await db.fetch_all(query)
     result: dict[UsageKey, UsageRow] = {}
     for row in rows:
@@ -87,6 +91,15 @@ async def load_usage(
             code_interpreter_calls=int(row["code_interpreter_calls"]),
         )
     return result
+
+
+async def lock_usage(
+    db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID, periods: Sequence[Period]
+) -> None:
+    """PostgreSQL: lock the user's rows of `periods` (shared order) before touching other rows of the
+    transaction; SQLite serializes writers already, so nothing to do there."""
+    if db.url.dialect == "postgresql" and periods:
+        await load_usage(db, tenant_id, user_id, periods, for_update=True)
 
 
 def _as_date(value: Any) -> dt.date:
@@ -105,13 +118,20 @@ async def apply_deltas(
     *,
     now: dt.datetime,
 ) -> None:
-    """Add each delta to its row, creating the row when absent (one upsert per row, in delta order).
+    """Add each delta to its row, creating the row when absent (one upsert per row).
 
     A negative reserve delta never takes `reserved_credits_micro` below zero: a release that finds less
     reserved than it returns (a ledger repaired by hand) clamps at zero instead of failing the finalizer.
     """
     dialect = db.url.dialect
-    for delta in _merged(deltas):
+    merged = _merged(deltas)
+    if not merged:
+        return
+    if dialect == "postgresql":
+        # Lock the existing rows first, in the shared order (a no-op when the caller already holds them).
+        periods = list(dict.fromkeys(Period(d.period_type, d.period_start) for d in merged))
+        await load_usage(db, tenant_id, user_id, periods, for_update=True)
+    for delta in sorted(merged, key=lambda d: (d.period_type, d.period_start, d.bucket)):
         await db.execute(_upsert(dialect, tenant_id, user_id, delta, now))
 
 

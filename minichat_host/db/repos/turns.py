@@ -77,6 +77,18 @@ def _plain(record: Any, names: Iterable[str]) -> dict[str, Any]:
     return values
 
 
+def is_lock_conflict(exc: BaseException) -> bool:
+    """True for a PostgreSQL deadlock or serialization failure: the transaction may simply be run again."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, asyncpg.DeadlockDetectedError | asyncpg.SerializationError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 # --- turn rows ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class TurnRow:
