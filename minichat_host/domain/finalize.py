@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import databases
-import msgspec
 
 from minichat_host import constants
 from minichat_host.config import Config
@@ -33,10 +32,10 @@ from minichat_host.db.engine import is_unavailable_error
 from minichat_host.db.repos import quota_ledger, turns
 from minichat_host.domain import events
 from minichat_host.domain.billing import Billing, derive_billing, usage_reported
-from minichat_host.domain.context import summary_due
 from minichat_host.domain.credits import estimate_text_tokens, utf8_len
 from minichat_host.domain.models import Period
 from minichat_host.domain.quota import QuotaWarning, TurnReserve, quota_status, quota_warnings, settle
+from minichat_host.domain.summaries import summary_task_if_due
 from minichat_host.plugins.types import AuditAttachment, AuditEnvelope, ModelCatalogEntry, Usage, UserLimits
 
 log = logging.getLogger("minichat.turns")
@@ -79,11 +78,9 @@ class SummaryTrigger:
     """What the thread-summary trigger needs from context assembly (original-domain.md §5)."""
 
     messages_truncated: bool
-    has_summary: bool
     assembled_tokens: int
     context_window: int
     max_output_applied: int
-    base_frontier: turns.Boundary | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,19 +140,6 @@ class _MessagePersistenceFailed(Exception):
     pass
 
 
-class ThreadSummaryTask(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Payload of the thread-summary queue (original-domain.md §5 `ThreadSummaryTaskPayload`)."""
-
-    tenant_id: str
-    chat_id: str
-    system_request_id: str
-    system_task_type: str = "thread_summary_update"
-    frozen_target_created_at: str
-    frozen_target_message_id: str
-    base_frontier_created_at: str | None = None
-    base_frontier_message_id: str | None = None
-
-
 class Finalizer:
     """Runs `finalize_turn_cas` for the turns of one app (one database, one outbox)."""
 
@@ -212,7 +196,7 @@ class Finalizer:
         async with self._outbox.transaction() as tx:
             if ctx.reserve is not None:
                 # Quota rows before the turn row: the order the send transaction takes them in.
-                await quota_ledger.lock_usage(self._db, facts.tenant_id, facts.user_id, ctx.periods)
+                await quota_ledger.lock_user(self._db, facts.tenant_id, facts.user_id)
             won = await turns.cas_finish(
                 self._db,
                 facts.turn_id,
@@ -243,7 +227,7 @@ class Finalizer:
                 now=now,
             )
             if outcome.state == "completed":
-                await self._maybe_enqueue_summary(tx, ctx, now)
+                await self._maybe_enqueue_summary(tx, ctx)
         return FinalizeResult(
             won=True,
             outcome=outcome,
@@ -361,36 +345,22 @@ class Finalizer:
         )
         await tx.enqueue(constants.QUEUE_AUDIT, facts.tenant_id, AuditEnvelope.wrap(audit))
 
-    async def _maybe_enqueue_summary(self, tx: OutboxTransaction, ctx: TurnContext, now: dt.datetime) -> None:
+    async def _maybe_enqueue_summary(self, tx: OutboxTransaction, ctx: TurnContext) -> None:
+        """The thread-summary trigger (domain/summaries.py), when that queue is served by this process."""
         trigger = ctx.summary
-        config = self._config.thread_summary
-        if trigger is None or not config.enabled or constants.QUEUE_THREAD_SUMMARY not in self._outbox.queues:
+        if trigger is None or constants.QUEUE_THREAD_SUMMARY not in self._outbox.queues:
             return
-        if not summary_due(
+        await summary_task_if_due(
+            tx,
+            self._db,
+            tenant_id=ctx.facts.tenant_id,
+            chat_id=ctx.facts.chat_id,
             messages_truncated=trigger.messages_truncated,
-            has_summary=trigger.has_summary,
             assembled_tokens=trigger.assembled_tokens,
             context_window=trigger.context_window,
             max_output_applied=trigger.max_output_applied,
-            compression_threshold_pct=config.compression_threshold_pct,
-        ):
-            return
-        target = await turns.newest_live_message(self._db, ctx.facts.chat_id)
-        if target is None:
-            return
-        base = trigger.base_frontier
-        if base is not None and (base.created_at, base.message_id) == (target.created_at, target.id):
-            return
-        task = ThreadSummaryTask(
-            tenant_id=str(ctx.facts.tenant_id),
-            chat_id=str(ctx.facts.chat_id),
-            system_request_id=str(uuid.uuid4()),
-            frozen_target_created_at=events.rfc3339(target.created_at),
-            frozen_target_message_id=str(target.id),
-            base_frontier_created_at=events.rfc3339(base.created_at) if base else None,
-            base_frontier_message_id=str(base.message_id) if base else None,
+            config=self._config.thread_summary,
         )
-        await tx.enqueue(constants.QUEUE_THREAD_SUMMARY, ctx.facts.chat_id, task)
 
     @staticmethod
     def _terminal_frame(

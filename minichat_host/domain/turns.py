@@ -346,11 +346,14 @@ class TurnService:
         self._providers = providers
         self._config = config
         self._clock = clock
-        self.clock = clock
         self.finalizer = Finalizer(database=database, outbox=outbox, config=config, clock=clock)
         self._runs: dict[uuid.UUID, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # --- send ---------------------------------------------------------------------------------------
     async def send(
@@ -557,11 +560,37 @@ class TurnService:
         inputs: _Inputs,
         attachment_ids: Sequence[uuid.UUID],
     ) -> _Prepared:
-        """One transaction: locked quota rows → cascade and checks → reserves, user message, links, turn."""
+        """One transaction: locked quota rows → cascade and checks → reserves, user message, links, turn.
+
+        A PostgreSQL deadlock or serialization failure runs the transaction again (a few times).
+        """
+        for attempt in range(_LOCK_CONFLICT_ATTEMPTS):
+            try:
+                return await self._reserve_and_insert_once(
+                    who, chat, request_id, policy, inputs, attachment_ids
+                )
+            except Exception as exc:
+                if not turns.is_lock_conflict(exc) or attempt + 1 == _LOCK_CONFLICT_ATTEMPTS:
+                    raise
+                log.warning("send on chat %s hit a lock conflict; retrying", chat.id)
+        raise AssertionError("unreachable")
+
+    async def _reserve_and_insert_once(
+        self,
+        who: _Who,
+        chat: chats_repo.ChatRecord,
+        request_id: uuid.UUID,
+        policy: _Policy,
+        inputs: _Inputs,
+        attachment_ids: Sequence[uuid.UUID],
+    ) -> _Prepared:
         now = self._clock()
         periods = tuple(periods_for(now))
         turn_id = uuid.uuid4()
-        async with self._db.transaction():
+        # The outbox's transaction (nothing is enqueued here): on SQLite it queues this write behind the
+        # outbox's own writes instead of racing them under the busy timeout.
+        async with self._outbox.transaction():
+            await quota_ledger.lock_user(self._db, who.tenant_id, who.user_id)
             usage = await quota_ledger.load_usage(
                 self._db, who.tenant_id, who.user_id, periods, for_update=True
             )
@@ -654,11 +683,9 @@ class TurnService:
             base_ctx,
             summary=SummaryTrigger(
                 messages_truncated=assembled.messages_truncated,
-                has_summary=summary is not None,
                 assembled_tokens=assembled.estimated_context_tokens,
                 context_window=effective.context_window,
                 max_output_applied=granted.reserve.max_output_tokens_applied,
-                base_frontier=summary.frontier if summary else None,
             ),
         )
         request = self._provider_request(prepared, assembled, tool_specs)
@@ -972,7 +999,14 @@ class TurnService:
         except turns.TurnConflict:
             raise GenerationInProgress("Another generation is in progress in this chat") from None
         return await self._preflight_replacement(
-            who, chat, new_turn_id, new_request_id, content, links, boundary
+            who,
+            chat,
+            new_turn_id,
+            new_request_id,
+            content,
+            links,
+            boundary,
+            web_search=old.web_search_enabled,
         )
 
     async def _preflight_replacement(
@@ -984,6 +1018,8 @@ class TurnService:
         content: str,
         links: Sequence[turns.AttachmentRow],
         boundary: turns.Boundary | None,
+        *,
+        web_search: bool,
     ) -> TurnStream:
         """Preflight a retry/edit turn after its commit: reserve + back-fill, or finalize it failed."""
         attached = tuple(links)
@@ -992,13 +1028,11 @@ class TurnService:
             policy = await self._load_policy(who)
             if find_enabled(policy.snapshot, chat.model) is None:
                 raise ChatModelUnavailable(f"The chat's model {chat.model!r} is not available")
-            inputs = await self._tool_inputs(chat, content, False, attached)
-            web = await turns.get_turn(self._db, turn_id)
-            if web is not None and web.web_search_enabled:
-                inputs = dataclasses.replace(inputs, web_search=True)
+            inputs = await self._tool_inputs(chat, content, web_search, attached)
             now = self._clock()
             periods = tuple(periods_for(now))
             async with self._outbox.transaction():
+                await quota_ledger.lock_user(self._db, who.tenant_id, who.user_id)
                 usage = await quota_ledger.load_usage(
                     self._db, who.tenant_id, who.user_id, periods, for_update=True
                 )
@@ -1011,7 +1045,8 @@ class TurnService:
                 await quota_ledger.apply_deltas(
                     self._db, who.tenant_id, who.user_id, reserve_writes(granted, periods), now=now
                 )
-        except DomainError as exc:
+        except Exception as exc:
+            # The new turn is committed and running: end it now rather than leave it to the watchdog.
             await self._fail_unreserved(who, chat, turn_id, request_id, policy, attached, exc)
             raise
         assert policy is not None
@@ -1026,7 +1061,7 @@ class TurnService:
         request_id: uuid.UUID,
         policy: _Policy | None,
         attached: tuple[turns.AttachmentRow, ...],
-        exc: DomainError,
+        exc: Exception,
     ) -> None:
         """Finalize a retry/edit turn whose preflight failed: nothing was reserved, nothing is settled."""
         selected = find_enabled(policy.snapshot, chat.model) if policy is not None else None
@@ -1056,8 +1091,11 @@ class TurnService:
             trace_id=who.trace_id,
         )
         try:
+            code, detail = (
+                (exc.code, exc.detail) if isinstance(exc, DomainError) else ("internal_error", str(exc))
+            )
             await self.finalizer.finalize(
-                ctx, TurnOutcome(state="failed", error_code=exc.code, error_detail=exc.detail)
+                ctx, TurnOutcome(state="failed", error_code=code, error_detail=detail)
             )
         except Exception:
             log.exception("turn %s: finalizing after a failed preflight failed; the watchdog will", turn_id)

@@ -139,7 +139,7 @@ class OrphanWatchdog:
         async with self._outbox.transaction() as tx:
             if model is not None and turn.requester_user_id is not None:
                 # Quota rows before the turn row, the order every turn transaction uses.
-                await quota_ledger.lock_usage(self._db, turn.tenant_id, turn.requester_user_id, periods)
+                await quota_ledger.lock_user(self._db, turn.tenant_id, turn.requester_user_id)
             if not await turns.cas_orphan(self._db, turn.id, stale_before=now - stale_after, now=now):
                 return False
             charge = 0

@@ -9,7 +9,16 @@ from typing import Any
 import databases
 import pytest
 
-from isolation.world import JWT_SECRET, Caller, ClientT, Identity, OwnerWorld, build_owner_world, identities
+from isolation.world import (
+    GATEWAY_SECRET,
+    JWT_SECRET,
+    Caller,
+    ClientT,
+    Identity,
+    OwnerWorld,
+    build_owner_world,
+    identities,
+)
 from minichat_host.app import DATABASE_KEY, create_app
 from minichat_host.config import parse_config
 
@@ -33,7 +42,9 @@ def people() -> dict[str, Identity]:
 
 
 @pytest.fixture
-async def app_client(aiohttp_client: Any, migrated_db_url: str, tmp_path: Path) -> ClientT:
+async def app_client(migrated_db_url: str, tmp_path: Path, aiohttp_client: Any) -> ClientT:
+    # `migrated_db_url` comes first so it is set up first and torn down last: the app (closed by
+    # `aiohttp_client`'s teardown) must stop before the test database is dropped under it.
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     auth = {"mode": "jwt", "jwt": {"algorithms": ["HS256"], "secret": JWT_SECRET}}
@@ -44,7 +55,8 @@ async def app_client(aiohttp_client: Any, migrated_db_url: str, tmp_path: Path) 
 @pytest.fixture
 def app_db(app_client: ClientT) -> databases.Database:
     """The app's own connection to the test database (for row-level checks)."""
-    db: databases.Database = app_client.server.app[DATABASE_KEY]
+    app: Any = app_client.app
+    db: databases.Database = app[DATABASE_KEY]
     return db
 
 
@@ -56,3 +68,13 @@ def callers(app_client: ClientT, people: dict[str, Identity]) -> dict[str, Calle
 @pytest.fixture
 async def world(callers: dict[str, Caller], app_db: databases.Database) -> OwnerWorld:
     return await build_owner_world(callers["A"], app_db)
+
+
+@pytest.fixture
+async def gateway_client(migrated_db_url: str, tmp_path: Path, aiohttp_client: Any) -> ClientT:
+    """The same service behind a gateway: identity from trusted headers, accepted only with the secret."""
+    data_dir = tmp_path / "gateway-data"
+    data_dir.mkdir()
+    auth = {"mode": "trusted_headers", "trusted_headers": {"secret": GATEWAY_SECRET}}
+    client: ClientT = await aiohttp_client(create_app(isolation_config(migrated_db_url, data_dir, auth)))
+    return client

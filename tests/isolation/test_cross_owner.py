@@ -158,7 +158,7 @@ def forged_chats_cursor(tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: str) 
     )
 
 
-# --- chats: read, rename, delete, list, cursors, $filter ---------------------------------------------------
+# --- chats: read, rename, delete, list, cursors, $filter --------------------------------------------------
 async def test_chats_and_chat_lists(
     world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database
 ) -> None:
@@ -181,7 +181,9 @@ async def test_chats_and_chat_lists(
                 Probe("GET", "/chats", 200),
                 Probe("GET", "/chats", 200, params={"limit": "100", "$orderby": "updated_at asc"}),
                 # A's own cursor replayed by someone else: refused (or at worst an empty page).
-                Probe("GET", "/chats", (422, 200), ("invalid_cursor",), params={"cursor": world.chats_cursor}),
+                Probe(
+                    "GET", "/chats", (422, 200), ("invalid_cursor",), params={"cursor": world.chats_cursor}
+                ),
                 Probe(
                     "GET",
                     "/chats",
@@ -211,7 +213,9 @@ async def test_chats_and_chat_lists(
                     ("invalid_filter",),
                     params={"$filter": f"title eq '{world.secrets['title[0]']}'"},
                 ),
-                Probe("GET", "/chats", 422, ("invalid_filter",), params={"$filter": "contains(title,'alpha')"}),
+                Probe(
+                    "GET", "/chats", 422, ("invalid_filter",), params={"$filter": "contains(title,'alpha')"}
+                ),
                 Probe("GET", "/chats", 422, ("invalid_filter",), params={"$filter": f"id eq {chat}"}),
                 Probe(
                     "GET",
@@ -230,7 +234,7 @@ async def test_chats_and_chat_lists(
     assert {item["id"] for item in listed["items"]} == {world.chat_id, *world.other_chat_ids}
 
 
-# --- messages and streaming ----------------------------------------------------------------------------------
+# --- messages and streaming -------------------------------------------------------------------------------
 async def test_messages_and_streams(
     world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database
 ) -> None:
@@ -304,7 +308,7 @@ async def test_messages_and_streams(
     await assert_owner_untouched(app_db, world, before)
 
 
-# --- turns: status, retry, edit, delete ------------------------------------------------------------------------
+# --- turns: status, retry, edit, delete -------------------------------------------------------------------
 async def test_turns_and_turn_mutations(
     world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database
 ) -> None:
@@ -332,7 +336,7 @@ async def test_turns_and_turn_mutations(
     await world.owner.ok("DELETE", f"/chats/{world.chat_id}/turns/{latest}", status=204)
 
 
-# --- reactions -----------------------------------------------------------------------------------------------
+# --- reactions --------------------------------------------------------------------------------------------
 async def test_reactions(world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database) -> None:
     before = await owner_rows(app_db, world)
     failures: list[str] = []
@@ -352,7 +356,7 @@ async def test_reactions(world: OwnerWorld, callers: dict[str, Caller], app_db: 
     await assert_owner_untouched(app_db, world, before)
 
 
-# --- attachments, including what the local file search can find ----------------------------------------------
+# --- attachments, including what the local file search can find -------------------------------------------
 async def test_attachments_and_file_search(
     world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database
 ) -> None:
@@ -381,7 +385,9 @@ async def test_attachments_and_file_search(
         failures += await check(caller, world, probes)
 
         # The caller's own file about the same subject: the search sees this chat's store only.
-        own_file = await caller.upload(mine, "forecast.txt", b"Our zanzibar revenue forecast is flat this year.")
+        own_file = await caller.upload(
+            mine, "forecast.txt", b"Our zanzibar revenue forecast is flat this year."
+        )
         answer = await caller.call(
             "POST",
             f"/chats/{mine}/messages:stream",
@@ -396,10 +402,12 @@ async def test_attachments_and_file_search(
         assert not leaked, f"{name}: file search leaks {leaked}: {answer.text[:500]}"
     assert not failures, "\n".join(failures)
     await assert_owner_untouched(app_db, world, before)
-    await world.owner.ok("DELETE", f"/chats/{world.chat_id}/attachments/{world.spare_attachment_id}", status=204)
+    await world.owner.ok(
+        "DELETE", f"/chats/{world.chat_id}/attachments/{world.spare_attachment_id}", status=204
+    )
 
 
-# --- quota status ----------------------------------------------------------------------------------------------
+# --- quota status -----------------------------------------------------------------------------------------
 async def test_quota_status_shows_own_numbers_only(
     world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database
 ) -> None:

@@ -35,6 +35,7 @@ from minichat_host.db.tables import (
 PREFIX = "/mini-chat/v1"
 PROBLEM_JSON = "application/problem+json"
 JWT_SECRET = "isolation-suite-secret-of-a-decent-length"
+GATEWAY_SECRET = "gateway-shared-secret-for-the-isolation-suite"
 ClientT = TestClient[Any, Any]
 
 
@@ -51,6 +52,11 @@ class Identity:
             "exp": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30),
         }
         return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+def gateway_headers(who: Identity, secret: str = GATEWAY_SECRET) -> dict[str, str]:
+    """The headers a gateway sets for `who` (`auth.mode: trusted_headers`)."""
+    return {"X-Tenant-Id": str(who.tenant_id), "X-User-Id": str(who.user_id), "X-Gateway-Secret": secret}
 
 
 def identities() -> dict[str, Identity]:
@@ -106,7 +112,9 @@ class Caller:
 
     async def ok(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
         answer = await self.call(method, path, **kwargs)
-        assert answer.status == status, f"{self.who.name} {method} {path}: {answer.status} {answer.text[:500]}"
+        assert answer.status == status, (
+            f"{self.who.name} {method} {path}: {answer.status} {answer.text[:500]}"
+        )
         return answer.json() if answer.text and answer.content_type != "text/event-stream" else answer
 
     async def stream(self, chat_id: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -185,7 +193,9 @@ async def build_owner_world(owner: Caller, database: databases.Database) -> Owne
     )
     second = await owner.stream(chat_id, {"content": contents[1], "request_id": request_ids[1]})
     assistant_ids = [frames[0][1]["message_id"] for frames in (first, second)]
-    answers = ["".join(data["content"] for event, data in frames if event == "delta") for frames in (first, second)]
+    answers = [
+        "".join(data["content"] for event, data in frames if event == "delta") for frames in (first, second)
+    ]
     await owner.ok("PUT", f"/chats/{chat_id}/messages/{assistant_ids[0]}/reaction", json={"reaction": "like"})
 
     listed = await owner.ok("GET", f"/chats/{chat_id}/messages")
@@ -249,7 +259,10 @@ async def owner_rows(database: databases.Database, world: OwnerWorld) -> dict[st
             for m in world.assistant_message_ids
         ],
         "quota_usage": [
-            (quota_usage, sa.and_(quota_usage.c.tenant_id == who.tenant_id, quota_usage.c.user_id == who.user_id))
+            (
+                quota_usage,
+                sa.and_(quota_usage.c.tenant_id == who.tenant_id, quota_usage.c.user_id == who.user_id),
+            )
         ],
     }
     result: dict[str, list[tuple[str, ...]]] = {}

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from minichat_host.db.repos import quota_ledger, turns
 from minichat_host.domain import events
 from minichat_host.domain.finalize import TurnContext
-from minichat_host.domain.quota import Allow, TurnReserve, estimate_reserve, find_model, periods_for, reserve_writes
+from minichat_host.domain.quota import (
+    Allow,
+    TurnReserve,
+    estimate_reserve,
+    find_model,
+    periods_for,
+    reserve_writes,
+)
 from turns.conftest import TENANT, USER, Harness, utc_now
 
 

@@ -239,6 +239,8 @@ def recorder() -> Recorder:
 
 
 def turn_config(db_url: str, data_dir: Path, fake_url: str, **sections: Any) -> Config:
+    """The test app's config; `sections` are merged one level deep (a provider without `base_url` is the
+    fake server)."""
     raw: dict[str, Any] = {
         "server": {"data_dir": str(data_dir)},
         "database": {"url": db_url, "migrate_on_start": False, "pool_max_size": 12},
@@ -262,14 +264,24 @@ def turn_config(db_url: str, data_dir: Path, fake_url: str, **sections: Any) -> 
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value
+    for provider in raw["providers"].values():
+        if provider.get("kind") != "local" and not provider.get("base_url"):
+            provider["base_url"] = fake_url
     return parse_config(raw, env={})
 
 
 @pytest.fixture
 def make_harness(
-    aiohttp_client: Any, migrated_db_url: str, tmp_path: Path, fake: FakeOpenAI, recorder: Recorder
+    aiohttp_client: Any,
+    migrated_db_url: str,
+    tmp_path: Path,
+    fake: FakeOpenAI,
+    recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., Any]:
     """`await make_harness(**config sections)`: a started app with the recorder registered."""
+    # Only the bundled plugins: whatever else is installed in the environment stays out of these tests.
+    monkeypatch.setenv(constants.ENV_LOAD_PLUGINS, "policy_static,audit_log")
     registered: list[tuple[Any, str]] = []
 
     async def make(**sections: Any) -> Harness:
@@ -277,7 +289,9 @@ def make_harness(
         data_dir.mkdir()
         config = turn_config(migrated_db_url, data_dir, fake.base_url, **sections)
         client = await aiohttp_client(create_app(config))
-        context = register_plugin(client.server.app[PLUGINS_KEY], recorder, name=f"recorder-{len(registered)}")
+        context = register_plugin(
+            client.server.app[PLUGINS_KEY], recorder, name=f"recorder-{len(registered)}"
+        )
         context.__enter__()
         registered.append((context, ""))
         return Harness(client, recorder, fake)

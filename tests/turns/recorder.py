@@ -50,7 +50,9 @@ def model(
         "max_output_tokens": 1000,
         "input_tokens_credit_multiplier_micro": 3_000_000 if tier == "premium" else 1_000_000,
         "output_tokens_credit_multiplier_micro": 15_000_000 if tier == "premium" else 3_000_000,
-        "general_config": GeneralConfig(tool_support=ToolSupport(file_search=True, web_search=True, code_interpreter=True)),
+        "general_config": GeneralConfig(
+            tool_support=ToolSupport(file_search=True, web_search=True, code_interpreter=True)
+        ),
         "preference": ModelPreference(is_default=default),
     }
     values.update(fields)
@@ -130,7 +132,9 @@ class Recorder:
 
     @hookimpl
     async def minichat_get_user_limits(self, user_id: str, policy_version: int) -> UserLimits:
-        return UserLimits(user_id=user_id, policy_version=policy_version, standard=self.standard, premium=self.premium)
+        return UserLimits(
+            user_id=user_id, policy_version=policy_version, standard=self.standard, premium=self.premium
+        )
 
     # --- sinks --------------------------------------------------------------------------------------
     @hookimpl

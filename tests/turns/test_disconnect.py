@@ -64,7 +64,11 @@ async def test_disconnect_mid_stream_keeps_partial_text(harness: Harness) -> Non
     assert all(r["reserved"] == 0 and r["spent"] == expected for r in rows.values())
     await harness.delivered(1)
     (usage,) = harness.recorder.usage
-    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == ("cancelled", "aborted", "estimated")
+    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == (
+        "cancelled",
+        "aborted",
+        "estimated",
+    )
 
     # The chat is free again; the cancelled request_id is not reusable.
     again = await harness.client.post(
@@ -82,7 +86,7 @@ async def test_disconnect_before_the_first_token(harness: Harness) -> None:
         f"{PREFIX}/chats/{chat_id}/messages:stream", json={"content": "hi", "request_id": request_id}
     )
     frames = await read_frames_until(response, "ping")  # pings flow while waiting for the first token
-    assert [event for event, _ in frames][0] == "stream_started"
+    assert frames[0][0] == "stream_started"
     response.close()
     status = await harness.wait_terminal(chat_id, request_id)
     assert status["state"] == "cancelled" and "assistant_message_id" not in status
@@ -116,3 +120,43 @@ async def test_shutdown_cancels_live_turns(harness: Harness) -> None:
     assert await harness.reserved() == 0
     response.close()
     await asyncio.sleep(0)
+
+
+async def test_progress_is_recorded_while_streaming(make_harness: Any) -> None:
+    harness: Harness = await make_harness(streaming={"progress_update_interval_seconds": 0.05})
+    chat_id = await harness.create_chat("fake-standard")
+    harness.fake.script(Script(text="word " * 12, token_gap_ms=40))
+    request_id = str(uuid.uuid4())
+    assert (
+        await harness.stream(chat_id, {"content": "hi", "request_id": request_id})
+    ).terminal.event == "done"
+    turn = await harness.turn_row(chat_id, request_id)
+    assert turn.last_progress_at is not None and turn.last_progress_at > turn.started_at
+
+
+async def test_app_watchdog_takes_a_stalled_turn(make_harness: Any) -> None:
+    harness: Harness = await make_harness(
+        orphan_watchdog={"enabled": True, "scan_interval_secs": 0.2, "timeout_secs": 1},
+        providers={
+            "local": {"kind": "local", "auth": "none"},
+            "fake": {
+                "kind": "openai_responses",
+                "base_url": "",
+                "api_key": "sk-test",
+                "read_timeout_seconds": 30,
+            },
+        },
+    )
+    chat_id = await harness.create_chat("fake-standard")
+    harness.fake.script(Script(text="too late", stall_at=0, stall_seconds=3))
+    request_id = str(uuid.uuid4())
+    streamed = await harness.stream(chat_id, {"content": "hi", "request_id": request_id})
+    # The watchdog finalized the turn while the provider stalled; the stream's own finalization lost the
+    # compare-and-set, so the relay ends the stream with `stream_interrupted`.
+    assert streamed.terminal.event == "error" and streamed.terminal.data["code"] == "stream_interrupted"
+    status = await harness.turn(chat_id, request_id)
+    assert (status["state"], status["error_code"]) == ("error", "orphan_timeout")
+    assert await harness.reserved() == 0
+    await harness.delivered(1)
+    await harness.outbox.run_once()
+    assert len(harness.recorder.usage) == 1 and len(harness.recorder.turn_audits()) == 1

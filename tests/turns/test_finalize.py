@@ -72,7 +72,9 @@ async def test_concurrent_finalizers_have_exactly_one_winner(harness: Harness) -
 async def test_loser_changes_nothing(harness: Harness) -> None:
     turn = await running_turn(harness)
     finalizer = harness.service.finalizer
-    won = await finalizer.finalize(turn.ctx, TurnOutcome(state="completed", text="a", usage=Usage(input_tokens=3, output_tokens=2)))
+    won = await finalizer.finalize(
+        turn.ctx, TurnOutcome(state="completed", text="a", usage=Usage(input_tokens=3, output_tokens=2))
+    )
     assert won.won and won.terminal is not None and won.terminal.event == "done"
     before = await snapshot(harness)
     lost = await finalizer.finalize(turn.ctx, TurnOutcome(state="failed", error_code="provider_error"))
@@ -118,7 +120,9 @@ async def test_winner_commits_everything_or_nothing(harness: Harness) -> None:
         clock=utc_now,
     )
     with pytest.raises(RuntimeError):
-        await broken.finalize(turn.ctx, TurnOutcome(state="completed", text="a", usage=Usage(input_tokens=3, output_tokens=2)))
+        await broken.finalize(
+            turn.ctx, TurnOutcome(state="completed", text="a", usage=Usage(input_tokens=3, output_tokens=2))
+        )
     assert await snapshot(harness) == before
     assert (await harness.turn_row(turn.chat_id, str(turn.request_id))).state == "running"
     result = await harness.service.finalizer.finalize(turn.ctx, TurnOutcome(state="completed", text="a"))
@@ -137,7 +141,11 @@ async def test_message_persistence_failure_finalizes_failed(harness: Harness) ->
     assert result.outcome.error_code == "message_persistence_failed"
     assert result.terminal is not None and result.terminal.event == "error"
     row = await harness.turn_row(other.chat_id, str(other.request_id))
-    assert (row.state, row.error_code, row.assistant_message_id) == ("failed", "message_persistence_failed", None)
+    assert (row.state, row.error_code, row.assistant_message_id) == (
+        "failed",
+        "message_persistence_failed",
+        None,
+    )
     await harness.delivered(1)
     (usage,) = harness.recorder.usage
     assert (usage.billing_outcome, usage.settlement_method) == ("failed", "actual")
@@ -177,7 +185,8 @@ async def test_billing_table(
     turn = await running_turn(harness)
     usage = Usage(input_tokens=40, output_tokens=9) if with_usage else None
     result = await harness.service.finalizer.finalize(
-        turn.ctx, TurnOutcome(state=state, error_code=code, text="t", usage=usage)  # type: ignore[arg-type]
+        turn.ctx,
+        TurnOutcome(state=state, error_code=code, text="t", usage=usage),  # type: ignore[arg-type]
     )
     assert result.won and result.billing is not None
     assert (result.billing.billing_outcome, result.billing.settlement_method) == (outcome, method)
@@ -198,7 +207,11 @@ async def test_billing_table(
     assert all(r["reserved"] == 0 and r["spent"] == expected and r["calls"] == 1 for r in rows.values())
     await harness.delivered(1)
     (event,) = harness.recorder.usage
-    assert (event.billing_outcome, event.settlement_method, event.actual_credits_micro) == (outcome, method, expected)
+    assert (event.billing_outcome, event.settlement_method, event.actual_credits_micro) == (
+        outcome,
+        method,
+        expected,
+    )
 
 
 async def test_overshoot_beyond_tolerance_is_capped_at_the_reserve(harness: Harness) -> None:
@@ -206,15 +219,21 @@ async def test_overshoot_beyond_tolerance_is_capped_at_the_reserve(harness: Harn
     reserve = turn.ctx.reserve
     assert reserve is not None
     huge = Usage(input_tokens=reserve.reserve_tokens, output_tokens=reserve.reserve_tokens)
-    result = await harness.service.finalizer.finalize(turn.ctx, TurnOutcome(state="completed", text="x", usage=huge))
+    result = await harness.service.finalizer.finalize(
+        turn.ctx, TurnOutcome(state="completed", text="x", usage=huge)
+    )
     assert result.charge_micro == reserve.reserved_credits_micro
     # Within the tolerance the actual price is charged, even above the reserve.
     second = await running_turn(harness)
     reserve = second.ctx.reserve
     assert reserve is not None
     near = Usage(input_tokens=reserve.reserve_tokens, output_tokens=reserve.reserve_tokens // 20)
-    result = await harness.service.finalizer.finalize(second.ctx, TurnOutcome(state="completed", text="x", usage=near))
-    assert result.charge_micro == credits_micro(near.input_tokens, near.output_tokens, STANDARD_IN, STANDARD_OUT)
+    result = await harness.service.finalizer.finalize(
+        second.ctx, TurnOutcome(state="completed", text="x", usage=near)
+    )
+    assert result.charge_micro == credits_micro(
+        near.input_tokens, near.output_tokens, STANDARD_IN, STANDARD_OUT
+    )
 
 
 async def test_settlement_uses_preflight_periods_and_applied_policy(harness: Harness) -> None:
@@ -231,3 +250,46 @@ async def test_settlement_uses_preflight_periods_and_applied_policy(harness: Har
     days = {key[1] for key in rows if key[0] == "daily"}
     assert days == {str(yesterday_late.date())}  # nothing was settled on today's row
     assert all(r["reserved"] == 0 for r in rows.values())
+
+
+async def test_summary_task_enqueued_when_due(harness: Harness) -> None:
+    import msgspec
+
+    from minichat_host.domain.finalize import SummaryTrigger
+    from minichat_host.outbox import Outbox
+
+    async def noop(delivery: Any) -> None:
+        return None
+
+    outbox = Outbox(harness.db, harness.service._config.outbox, dialect=harness.db.url.dialect)
+    for queue in (constants.QUEUE_USAGE, constants.QUEUE_AUDIT, constants.QUEUE_THREAD_SUMMARY):
+        outbox.register_queue(
+            queue, noop, partitions=harness.service._config.outbox.num_partitions, timeout=5
+        )
+    await outbox.ensure_queues()
+    finalizer = Finalizer(database=harness.db, outbox=outbox, config=harness.service._config, clock=utc_now)
+    due = SummaryTrigger(
+        messages_truncated=True, assembled_tokens=10, context_window=1000, max_output_applied=100
+    )
+    turn = await running_turn(harness)
+    ctx = dataclasses.replace(turn.ctx, summary=due)
+    await finalizer.finalize(ctx, TurnOutcome(state="completed", text="answer"))
+    payloads = [
+        msgspec.json.decode(r["payload"])
+        for r in await harness.db.fetch_all(sa.select(outbox_body.c.payload))
+    ]
+    tasks = [p for p in payloads if "frozen_target_message_id" in p]
+    assert len(tasks) == 1
+    assert tasks[0]["frozen_target_message_id"] == str(ctx.assistant_message_id)
+    assert tasks[0]["chat_id"] == turn.chat_id and "base_frontier_message_id" not in tasks[0]
+    # Not due (nothing truncated, far below the compression threshold): nothing more is enqueued.
+    second = await running_turn(harness)
+    quiet = dataclasses.replace(due, messages_truncated=False)
+    await finalizer.finalize(
+        dataclasses.replace(second.ctx, summary=quiet), TurnOutcome(state="completed", text="a")
+    )
+    payloads = [
+        msgspec.json.decode(r["payload"])
+        for r in await harness.db.fetch_all(sa.select(outbox_body.c.payload))
+    ]
+    assert sum("frozen_target_message_id" in p for p in payloads) == 1

@@ -22,11 +22,11 @@ TURNS_PER_CHAT = 5
 
 
 async def test_hundred_turns(make_harness: Any) -> None:
-    harness: Harness = await make_harness(
-        outbox={"enabled": True, "poll_interval_seconds": 0.2}, database={"sqlite_busy_timeout_ms": 5000}
-    )
+    harness: Harness = await make_harness(outbox={"enabled": True, "poll_interval_seconds": 0.2})
     assert harness.outbox.running
-    harness.fake.default_script = Script(text="token " * 12, token_gap_ms=4, input_tokens=30, output_tokens=12)
+    harness.fake.default_script = Script(
+        text="token " * 12, token_gap_ms=4, input_tokens=30, output_tokens=12
+    )
     statuses: collections.Counter[int] = collections.Counter()
     rng = random.Random(4)
 
@@ -76,7 +76,9 @@ async def test_hundred_turns(make_harness: Any) -> None:
     assert set(statuses) <= {200, 409}, statuses
 
     recorder = harness.recorder
-    await recorder.wait_for(lambda: len(recorder.usage) >= len(rows) and len(recorder.turn_audits()) >= len(rows), 60)
+    await recorder.wait_for(
+        lambda: len(recorder.usage) >= len(rows) and len(recorder.turn_audits()) >= len(rows), 60
+    )
     await asyncio.sleep(0.5)  # anything beyond one per turn would show up now
     by_key = recorder.usage_by_key()
     turn_ids = {str(uuid.UUID(str(r["id"]))) for r in rows}

@@ -142,7 +142,9 @@ async def test_summary_frontier_and_compressed_rows(harness: Harness) -> None:
     harness.fake.default_script = Script(text="ack")
     await _history(harness, chat_id, ["old one", "old two", "recent"])
     rows = await harness.db.fetch_all(
-        messages.select().where(messages.c.chat_id == uuid.UUID(chat_id)).order_by(messages.c.created_at, messages.c.id)
+        messages.select()
+        .where(messages.c.chat_id == uuid.UUID(chat_id))
+        .order_by(messages.c.created_at, messages.c.id)
     )
     frontier = rows[1]  # the assistant answer to "old one"
     now = utc_now()
@@ -159,7 +161,9 @@ async def test_summary_frontier_and_compressed_rows(harness: Harness) -> None:
             updated_at=now,
         )
     )
-    await harness.db.execute(messages.update().where(messages.c.id == rows[3]["id"]).values(is_compressed=True))
+    await harness.db.execute(
+        messages.update().where(messages.c.id == rows[3]["id"]).values(is_compressed=True)
+    )
     streamed = await harness.stream(chat_id, {"content": "now"})
     assert streamed.frames[0].data["thread_summary_applied"] == {"token_estimate": 12}
     texts = sent_texts(harness.fake.last("responses").body)
@@ -221,7 +225,9 @@ async def test_history_query_respects_boundary_frontier_and_limit(harness: Harne
         )
     boundary = turns_repo.Boundary(base + dt.timedelta(seconds=4), ids[4])
     frontier = turns_repo.Boundary(base, ids[0])
-    rows = await turns_repo.context_history(harness.db, chat_id, boundary=boundary, frontier=frontier, limit=10)
+    rows = await turns_repo.context_history(
+        harness.db, chat_id, boundary=boundary, frontier=frontier, limit=10
+    )
     assert [r.content for r in rows] == ["m1", "m3", "m4"]  # after the frontier, at/before the boundary, live
     rows = await turns_repo.context_history(harness.db, chat_id, boundary=boundary, frontier=None, limit=2)
     assert [r.content for r in rows] == ["m3", "m4"]

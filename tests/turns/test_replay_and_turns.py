@@ -48,7 +48,9 @@ async def test_replay_has_no_side_effects(harness: Harness) -> None:
 async def test_replay_is_checked_before_the_parallel_guard(harness: Harness) -> None:
     chat_id = await harness.create_chat("fake-standard")
     completed_id = str(uuid.uuid4())
-    assert (await harness.stream(chat_id, {"content": "q", "request_id": completed_id})).terminal.event == "done"
+    assert (
+        await harness.stream(chat_id, {"content": "q", "request_id": completed_id})
+    ).terminal.event == "done"
     harness.fake.script(Script(text="slow " * 30, token_gap_ms=80))
     running = asyncio.create_task(harness.stream(chat_id, {"content": "long"}))
     loop = asyncio.get_running_loop()
@@ -92,13 +94,17 @@ async def test_turn_status_errors(harness: Harness, make_harness: Any) -> None:
     assert response.status == 404
     # A turn whose requester is someone else (e.g. a system turn) is 403 to the chat owner.
     await harness.db.execute(
-        chat_turns.update().where(chat_turns.c.request_id == uuid.UUID(request_id)).values(requester_user_id=uuid.uuid4())
+        chat_turns.update()
+        .where(chat_turns.c.request_id == uuid.UUID(request_id))
+        .values(requester_user_id=uuid.uuid4())
     )
     response = await harness.client.get(f"{PREFIX}/chats/{chat_id}/turns/{request_id}")
     assert response.status == 403 and (await response.json(content_type=None))["code"] == "forbidden"
     for method, suffix in (("POST", "/retry"), ("PATCH", ""), ("DELETE", "")):
         kwargs = {"json": {"content": "x"}} if method == "PATCH" else {}
-        response = await harness.client.request(method, f"{PREFIX}/chats/{chat_id}/turns/{request_id}{suffix}", **kwargs)
+        response = await harness.client.request(
+            method, f"{PREFIX}/chats/{chat_id}/turns/{request_id}{suffix}", **kwargs
+        )
         assert response.status == 403, method
 
 
@@ -113,7 +119,9 @@ async def test_mutation_rules(harness: Harness) -> None:
         ("PATCH", "", {"json": {"content": "edited"}}),
         ("DELETE", "", {}),
     ):
-        response = await harness.client.request(method, f"{PREFIX}/chats/{chat_id}/turns/{first_id}{suffix}", **kwargs)
+        response = await harness.client.request(
+            method, f"{PREFIX}/chats/{chat_id}/turns/{first_id}{suffix}", **kwargs
+        )
         body = await response.json(content_type=None)
         assert (response.status, body["code"]) == (409, "not_latest_turn"), method
         response = await harness.client.request(
@@ -124,7 +132,9 @@ async def test_mutation_rules(harness: Harness) -> None:
             method, f"{PREFIX}/chats/{uuid.uuid4()}/turns/{second_id}{suffix}", **kwargs
         )
         assert (response.status, (await response.json(content_type=None))["code"]) == (404, "chat_not_found")
-    response = await harness.client.patch(f"{PREFIX}/chats/{chat_id}/turns/{second_id}", json={"content": "  "})
+    response = await harness.client.patch(
+        f"{PREFIX}/chats/{chat_id}/turns/{second_id}", json={"content": "  "}
+    )
     assert response.status == 400
     response = await harness.client.patch(f"{PREFIX}/chats/{chat_id}/turns/{second_id}", json={"nope": 1})
     assert response.status == 422
@@ -148,7 +158,10 @@ async def test_retry_edit_delete_flow(harness: Harness) -> None:
     chat_id = await harness.create_chat("fake-standard")
     first_id = str(uuid.uuid4())
     attachment = await seed_attachment(harness.db, chat_id)
-    await harness.stream(chat_id, {"content": "SECRET-ORIGINAL question", "request_id": first_id, "attachment_ids": [attachment]})
+    await harness.stream(
+        chat_id,
+        {"content": "SECRET-ORIGINAL question", "request_id": first_id, "attachment_ids": [attachment]},
+    )
 
     retried = await harness.post_sse(f"/chats/{chat_id}/turns/{first_id}/retry")
     assert_grammar(retried.frames)
@@ -162,7 +175,9 @@ async def test_retry_edit_delete_flow(harness: Harness) -> None:
     assert listed[0]["content"] == "SECRET-ORIGINAL question"
     assert [a["attachment_id"] for a in listed[0]["attachments"]] == [attachment]
 
-    edited = await harness.post_sse(f"/chats/{chat_id}/turns/{retry_id}", method="PATCH", json={"content": "edited question"})
+    edited = await harness.post_sse(
+        f"/chats/{chat_id}/turns/{retry_id}", method="PATCH", json={"content": "edited question"}
+    )
     assert edited.terminal.event == "done"
     edit_id = edited.frames[0].data["request_id"]
     listed = (await (await harness.client.get(f"{PREFIX}/chats/{chat_id}/messages")).json())["items"]
@@ -174,17 +189,24 @@ async def test_retry_edit_delete_flow(harness: Harness) -> None:
     sent = str(harness.fake.last("responses").body["input"])
     assert "SECRET-ORIGINAL" not in sent and "edited question" in sent
 
-    follow_up = listed_ids = (await (await harness.client.get(f"{PREFIX}/chats/{chat_id}/messages")).json())["items"]
+    follow_up = (await (await harness.client.get(f"{PREFIX}/chats/{chat_id}/messages")).json())["items"]
     last_id = follow_up[-1]["request_id"]
     assert (await harness.client.delete(f"{PREFIX}/chats/{chat_id}/turns/{last_id}")).status == 204
-    listed_ids = [m["request_id"] for m in (await (await harness.client.get(f"{PREFIX}/chats/{chat_id}/messages")).json())["items"]]
+    listed_ids = [
+        m["request_id"]
+        for m in (await (await harness.client.get(f"{PREFIX}/chats/{chat_id}/messages")).json())["items"]
+    ]
     assert listed_ids == [edit_id, edit_id]
-    deleted = await harness.count(messages, messages.c.request_id == uuid.UUID(last_id), messages.c.deleted_at.is_not(None))
+    deleted = await harness.count(
+        messages, messages.c.request_id == uuid.UUID(last_id), messages.c.deleted_at.is_not(None)
+    )
     assert deleted == 2
 
     await harness.delivered(4, extra_audit=3)
     kinds = sorted(
-        e.event_type for e in harness.recorder.audit if isinstance(e, TurnMutationAuditEvent | TurnDeleteAuditEvent)
+        e.event_type
+        for e in harness.recorder.audit
+        if isinstance(e, TurnMutationAuditEvent | TurnDeleteAuditEvent)
     )
     assert kinds == ["turn_delete", "turn_edit", "turn_retry"]
     retry_audit = next(e for e in harness.recorder.audit if getattr(e, "event_type", "") == "turn_retry")

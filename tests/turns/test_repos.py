@@ -56,8 +56,15 @@ async def test_reserve_upsert_then_settle(database: databases.Database) -> None:
     }
     settle = [
         BucketDelta(
-            p.period_type, p.period_start, "total", reserved_delta=-2000, spent_delta=1500, calls_delta=1,
-            input_tokens_delta=100, output_tokens_delta=50, web_search_calls_delta=2,
+            p.period_type,
+            p.period_start,
+            "total",
+            reserved_delta=-2000,
+            spent_delta=1500,
+            calls_delta=1,
+            input_tokens_delta=100,
+            output_tokens_delta=50,
+            web_search_calls_delta=2,
         )
         for p in PERIODS
     ]
@@ -71,11 +78,16 @@ async def test_reserve_upsert_then_settle(database: databases.Database) -> None:
 async def test_release_never_goes_below_zero(database: databases.Database) -> None:
     period = PERIODS[0]
     await quota_ledger.apply_deltas(
-        database, TENANT, USER, [BucketDelta(period.period_type, period.period_start, "total", reserved_delta=5)],
+        database,
+        TENANT,
+        USER,
+        [BucketDelta(period.period_type, period.period_start, "total", reserved_delta=5)],
         now=NOW,
     )
     await quota_ledger.apply_deltas(
-        database, TENANT, USER,
+        database,
+        TENANT,
+        USER,
         [BucketDelta(period.period_type, period.period_start, "total", reserved_delta=-9, spent_delta=3)],
         now=NOW,
     )
@@ -93,11 +105,22 @@ async def test_turn_round_trip_and_cas(database: databases.Database) -> None:
     assert found.started_at == NOW and found.started_at.tzinfo is not None
     assert (await turns.find_running(database, chat_id)) == found
     won = await turns.cas_finish(
-        database, turn_id, state="completed", error_code=None, error_detail=None,
-        provider_response_id="resp_1", now=NOW,
+        database,
+        turn_id,
+        state="completed",
+        error_code=None,
+        error_detail=None,
+        provider_response_id="resp_1",
+        now=NOW,
     )
     lost = await turns.cas_finish(
-        database, turn_id, state="failed", error_code="x", error_detail=None, provider_response_id=None, now=NOW
+        database,
+        turn_id,
+        state="failed",
+        error_code="x",
+        error_detail=None,
+        provider_response_id=None,
+        now=NOW,
     )
     assert (won, lost) == (True, False)
     after = await turns.get_turn(database, turn_id)
@@ -122,8 +145,13 @@ async def test_concurrent_cas_has_one_winner(database: databases.Database) -> No
     async def finish(state: turns.TurnState) -> bool:
         async with database.transaction():
             return await turns.cas_finish(
-                database, turn_id, state=state, error_code=None, error_detail=None,
-                provider_response_id=None, now=NOW,
+                database,
+                turn_id,
+                state=state,
+                error_code=None,
+                error_detail=None,
+                provider_response_id=None,
+                now=NOW,
             )
 
     results = await asyncio.gather(*(finish(s) for s in ("completed", "failed", "cancelled") * 3))

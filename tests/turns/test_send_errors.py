@@ -20,7 +20,9 @@ from turns.conftest import PREFIX, Harness, seed_attachment
 PROBLEM = "application/problem+json"
 
 
-def assert_problem(response_status: int, headers: dict[str, str], body: dict[str, Any], status: int, code: str) -> None:
+def assert_problem(
+    response_status: int, headers: dict[str, str], body: dict[str, Any], status: int, code: str
+) -> None:
     assert response_status == status, body
     assert headers["content-type"].startswith(PROBLEM)
     assert body["status"] == status and body["code"] == code
@@ -28,7 +30,9 @@ def assert_problem(response_status: int, headers: dict[str, str], body: dict[str
         assert isinstance(body[member], str)
 
 
-async def expect_problem(harness: Harness, chat_id: str, status: int, code: str, **request: Any) -> dict[str, Any]:
+async def expect_problem(
+    harness: Harness, chat_id: str, status: int, code: str, **request: Any
+) -> dict[str, Any]:
     before = await harness.counts()
     response = await harness.client.post(f"{PREFIX}/chats/{chat_id}/messages:stream", **request)
     body = await response.json(content_type=None)
@@ -87,7 +91,9 @@ async def test_quota_exhausted_is_429_with_scope_and_writes_nothing(harness: Har
 async def test_web_search_kill_switch(harness: Harness) -> None:
     chat_id = await harness.create_chat()
     harness.recorder.kill_switches = KillSwitches(disable_web_search=True)
-    await expect_problem(harness, chat_id, 400, "web_search_disabled", json={"content": "hi", "web_search": {"enabled": True}})
+    await expect_problem(
+        harness, chat_id, 400, "web_search_disabled", json={"content": "hi", "web_search": {"enabled": True}}
+    )
     # Without web search the same chat works.
     streamed = await harness.stream(chat_id, {"content": "hi", "web_search": {"enabled": False}})
     assert streamed.terminal.event == "done"
@@ -107,14 +113,22 @@ async def test_attachment_rules(harness: Harness) -> None:
     other_chat = await harness.create_chat()
     elsewhere = await seed_attachment(harness.db, other_chat)
     for ids in ([ready, ready], [pending], [deleted], [foreign], [elsewhere], [str(uuid.uuid4())]):
-        await expect_problem(harness, chat_id, 400, "invalid_attachment", json={"content": "hi", "attachment_ids": ids})
+        await expect_problem(
+            harness, chat_id, 400, "invalid_attachment", json={"content": "hi", "attachment_ids": ids}
+        )
     images = [await seed_attachment(harness.db, chat_id, kind="image") for _ in range(5)]
-    await expect_problem(harness, chat_id, 400, "too_many_images", json={"content": "hi", "attachment_ids": images})
+    await expect_problem(
+        harness, chat_id, 400, "too_many_images", json={"content": "hi", "attachment_ids": images}
+    )
     harness.recorder.kill_switches = KillSwitches(disable_images=True)
-    await expect_problem(harness, chat_id, 400, "images_disabled", json={"content": "hi", "attachment_ids": images[:1]})
+    await expect_problem(
+        harness, chat_id, 400, "images_disabled", json={"content": "hi", "attachment_ids": images[:1]}
+    )
     harness.recorder.kill_switches = KillSwitches()
     harness.recorder.set_model("local-standard", multimodal_capabilities=[])
-    await expect_problem(harness, chat_id, 415, "unsupported_media", json={"content": "hi", "attachment_ids": images[:1]})
+    await expect_problem(
+        harness, chat_id, 415, "unsupported_media", json={"content": "hi", "attachment_ids": images[:1]}
+    )
     # A valid attachment is linked to the user message.
     streamed = await harness.stream(chat_id, {"content": "see file", "attachment_ids": [ready]})
     assert streamed.terminal.event == "done"
@@ -138,8 +152,10 @@ async def test_idempotency_conflicts_and_parallel_guard(harness: Harness) -> Non
             break
         assert loop.time() < deadline
         await asyncio.sleep(0.02)
-    # Idempotency is checked before the parallel guard: the running request_id itself is 409 request_id_conflict.
-    await expect_problem(harness, chat_id, 409, "request_id_conflict", json={"content": "x", "request_id": running_id})
+    # Idempotency comes before the parallel guard: the running request_id itself is request_id_conflict.
+    await expect_problem(
+        harness, chat_id, 409, "request_id_conflict", json={"content": "x", "request_id": running_id}
+    )
     await expect_problem(harness, chat_id, 409, "turn_already_running", json={"content": "x"})
     streamed = await background
     assert streamed.terminal.event == "done"
@@ -149,7 +165,9 @@ async def test_idempotency_conflicts_and_parallel_guard(harness: Harness) -> Non
     harness.fake.script(Script.server_error())
     failed = await harness.stream(chat_id, {"content": "x", "request_id": failed_id})
     assert failed.terminal.event == "error"
-    await expect_problem(harness, chat_id, 409, "request_id_conflict", json={"content": "x", "request_id": failed_id})
+    await expect_problem(
+        harness, chat_id, 409, "request_id_conflict", json={"content": "x", "request_id": failed_id}
+    )
 
 
 async def test_context_budget_failure_finalizes_the_turn(harness: Harness) -> None:
@@ -165,7 +183,11 @@ async def test_context_budget_failure_finalizes_the_turn(harness: Harness) -> No
     assert await harness.reserved() == 0
     await harness.delivered(1)
     (usage,) = harness.recorder.usage
-    assert (usage.billing_outcome, usage.settlement_method, usage.actual_credits_micro) == ("failed", "released", 0)
+    assert (usage.billing_outcome, usage.settlement_method, usage.actual_credits_micro) == (
+        "failed",
+        "released",
+        0,
+    )
     rows = await harness.usage_rows()
     assert all(r["spent"] == 0 and r["reserved"] == 0 for r in rows.values())
 

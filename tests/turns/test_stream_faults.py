@@ -55,7 +55,11 @@ async def test_completed_turn_is_billed_on_actual_usage(harness: Harness) -> Non
         assert (row["input"], row["output"]) == ((120, 30) if bucket == "total" else (0, 0))
     await harness.delivered(1)
     (usage,) = harness.recorder.usage
-    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == ("completed", "completed", "actual")
+    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == (
+        "completed",
+        "completed",
+        "actual",
+    )
     assert usage.actual_credits_micro == charge
     turn = await harness.turn_row(chat_id, request_id)
     assert usage.dedupe_key == f"{turn.tenant_id.hex}/{turn.id.hex}/{turn.request_id.hex}"
@@ -67,8 +71,16 @@ FAULTS: list[tuple[str, Script, str]] = [
     ("500 before the first token", Script.server_error(), "provider_error"),
     ("429 before the first token", Script.rate_limited(), "rate_limited"),
     ("failure mid-stream", Script(text="one two three four five", fail_after=2), "provider_error"),
-    ("connection dropped mid-stream", Script(text="one two three four", fail_after=2, fail_mode="drop"), "provider_error"),
-    ("stall past the read timeout", Script(text="one two three", stall_at=1, stall_seconds=6), "provider_timeout"),
+    (
+        "connection dropped mid-stream",
+        Script(text="one two three four", fail_after=2, fail_mode="drop"),
+        "provider_error",
+    ),
+    (
+        "stall past the read timeout",
+        Script(text="one two three", stall_at=1, stall_seconds=6),
+        "provider_timeout",
+    ),
     ("context length", Script.context_length_exceeded(), "context_length_exceeded"),
 ]
 
@@ -98,12 +110,19 @@ async def test_provider_faults(harness: Harness, case: str, script: Script, code
         expected, method = 0, "released"
     else:
         est_in = turn.reserve_tokens - turn.max_output_tokens_applied
-        expected, method = credits_micro(est_in, turn.minimal_generation_floor_applied, STANDARD_IN, STANDARD_OUT), "estimated"
+        expected, method = (
+            credits_micro(est_in, turn.minimal_generation_floor_applied, STANDARD_IN, STANDARD_OUT),
+            "estimated",
+        )
     rows = await harness.usage_rows()
     assert rows and all(r["reserved"] == 0 and r["spent"] == expected for r in rows.values())
     await harness.delivered(1)
     (usage,) = harness.recorder.usage
-    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == ("failed", "failed", method)
+    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == (
+        "failed",
+        "failed",
+        method,
+    )
     assert usage.actual_credits_micro == expected
     (audit,) = harness.recorder.turn_audits()
     assert audit.event_type == "turn_failed" and audit.error_code == code
@@ -113,7 +132,9 @@ async def test_tool_events_citations_and_counters(harness: Harness) -> None:
     chat_id = await harness.create_chat("fake-standard")
     harness.fake.script(Script(text="Found it.", tools=[WebSearchScript(), WebSearchScript()]))
     request_id = str(uuid.uuid4())
-    streamed = await harness.stream(chat_id, {"content": "news?", "request_id": request_id, "web_search": {"enabled": True}})
+    streamed = await harness.stream(
+        chat_id, {"content": "news?", "request_id": request_id, "web_search": {"enabled": True}}
+    )
     assert_grammar(streamed.frames)
     assert streamed.terminal.event == "done"
     tools = [(f.data["phase"], f.data["name"]) for f in streamed.named("tool")]
@@ -158,9 +179,7 @@ async def test_code_interpreter_limit(make_harness: Any) -> None:
     from turns.conftest import seed_attachment
 
     await seed_attachment(harness.db, chat_id)
-    await harness.db.execute(
-        "UPDATE attachments SET for_code_interpreter = :yes", {"yes": True}
-    )
+    await harness.db.execute("UPDATE attachments SET for_code_interpreter = :yes", {"yes": True})
     harness.fake.script(Script(text="x y", tools=[CodeInterpreterScript(), CodeInterpreterScript()]))
     streamed = await harness.stream(chat_id, {"content": "sum it"})
     assert streamed.terminal.event == "error"

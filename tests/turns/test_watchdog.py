@@ -65,7 +65,11 @@ async def test_stale_turn_is_finalized_and_settled_estimated(harness: Harness) -
     )
     await harness.delivered(1)
     (usage,) = harness.recorder.usage
-    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == ("failed", "aborted", "estimated")
+    assert (usage.terminal_state, usage.billing_outcome, usage.settlement_method) == (
+        "failed",
+        "aborted",
+        "estimated",
+    )
     assert usage.actual_credits_micro == expected and usage.usage is None
     (audit,) = harness.recorder.turn_audits()
     assert audit.event_type == "turn_failed" and audit.error_code == "orphan_timeout"
@@ -80,7 +84,9 @@ async def test_update_rechecks_progress_and_deletion(harness: Harness) -> None:
     progressed = await running_turn(harness, started_at=old)
     deleted = await running_turn(harness, started_at=old)
     dog = watchdog(harness)
-    candidates = await turns_repo.find_stale_running(harness.db, stale_before=utc_now() - dt.timedelta(seconds=TIMEOUT))
+    candidates = await turns_repo.find_stale_running(
+        harness.db, stale_before=utc_now() - dt.timedelta(seconds=TIMEOUT)
+    )
     assert {c.id for c in candidates} == {progressed.turn_id, deleted.turn_id}
     # Between the scan and the UPDATE: one turn reports progress, the other is soft-deleted.
     await turns_repo.touch_progress(harness.db, progressed.turn_id, utc_now())
@@ -111,11 +117,15 @@ async def test_only_the_advisory_lock_holder_scans(harness: Harness) -> None:
     url = make_url(str(harness.db.url))
     other = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database=url.database)
     try:
-        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", constants.ADVISORY_LOCK_ORPHAN_WATCHDOG)
+        assert await other.fetchval(
+            "SELECT pg_try_advisory_lock($1)", constants.ADVISORY_LOCK_ORPHAN_WATCHDOG
+        )
         assert await watchdog(harness).scan_once() == 0
         await other.execute("SELECT pg_advisory_unlock($1)", constants.ADVISORY_LOCK_ORPHAN_WATCHDOG)
         assert await watchdog(harness).scan_once() == 1
         # The scan released its lock: another session can take it again.
-        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", constants.ADVISORY_LOCK_ORPHAN_WATCHDOG)
+        assert await other.fetchval(
+            "SELECT pg_try_advisory_lock($1)", constants.ADVISORY_LOCK_ORPHAN_WATCHDOG
+        )
     finally:
         await other.close()

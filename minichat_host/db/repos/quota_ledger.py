@@ -4,16 +4,18 @@ settlement, on SQLite and PostgreSQL.
 Rows are keyed by `(tenant_id, user_id, period_type, period_start, bucket)`. Every write is one
 `INSERT … ON CONFLICT (key) DO UPDATE SET col = col + excluded.col` per row, so the first reserve of a period
 creates the row and later writes add to it in the same statement (no read-modify-write race). On PostgreSQL
-the preflight reads take `FOR UPDATE` row locks; SQLite serializes writers with `BEGIN IMMEDIATE` instead (the
-SQLite dialect renders no FOR UPDATE).
+every writing transaction first takes the user's advisory quota lock (`lock_user`) and the preflight reads
+take `FOR UPDATE` row locks; SQLite serializes writers with `BEGIN IMMEDIATE` instead (the SQLite dialect
+renders no FOR UPDATE).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import databases
 import sqlalchemy as sa
@@ -22,6 +24,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from minichat_host.db.tables import quota_usage
 from minichat_host.domain.models import BucketDelta, Period, UsageKey, UsageRow
+
+# First key of `pg_advisory_xact_lock(int, int)` for the per-user quota lock ("mc" + 3).
+ADVISORY_SPACE_QUOTA_USER: Final = 0x6D63_0003
 
 _KEY_COLUMNS = ("tenant_id", "user_id", "period_type", "period_start", "bucket")
 
@@ -75,8 +80,7 @@ async def load_usage(
         _period_filter(periods),
     )
     if for_update:
-        # Every writer locks a user's rows through this one ordering, so two transactions never wait on
-        # each other's rows in opposite orders (a send's cascade vs. a finalizer's settlement).
+        # A stable lock order (writers also hold the per-user lock, see `lock_user`).
         query = query.order_by(
             quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket
         ).with_for_update()
@@ -93,13 +97,24 @@ async def load_usage(
     return result
 
 
-async def lock_usage(
-    db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID, periods: Sequence[Period]
-) -> None:
-    """PostgreSQL: lock the user's rows of `periods` (shared order) before touching other rows of the
-    transaction; SQLite serializes writers already, so nothing to do there."""
-    if db.url.dialect == "postgresql" and periods:
-        await load_usage(db, tenant_id, user_id, periods, for_update=True)
+async def lock_user(db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """PostgreSQL: take the user's quota lock for the rest of the transaction (a no-op on SQLite, whose
+    writers are serialized already).
+
+    Every transaction that writes a user's quota rows (send, finalization, watchdog) takes this lock
+    first, so they queue per user instead of deadlocking over rows created or locked in between their
+    statements. The two-int advisory key space does not overlap the single-bigint keys used elsewhere.
+    """
+    if db.url.dialect == "postgresql":
+        await db.fetch_val(
+            "SELECT pg_advisory_xact_lock(:space, :key)",
+            {"space": ADVISORY_SPACE_QUOTA_USER, "key": _user_key(tenant_id, user_id)},
+        )
+
+
+def _user_key(tenant_id: uuid.UUID, user_id: uuid.UUID) -> int:
+    digest = hashlib.blake2b(tenant_id.bytes + user_id.bytes, digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _as_date(value: Any) -> dt.date:
@@ -127,10 +142,6 @@ async def apply_deltas(
     merged = _merged(deltas)
     if not merged:
         return
-    if dialect == "postgresql":
-        # Lock the existing rows first, in the shared order (a no-op when the caller already holds them).
-        periods = list(dict.fromkeys(Period(d.period_type, d.period_start) for d in merged))
-        await load_usage(db, tenant_id, user_id, periods, for_update=True)
     for delta in sorted(merged, key=lambda d: (d.period_type, d.period_start, d.bucket)):
         await db.execute(_upsert(dialect, tenant_id, user_id, delta, now))
 
