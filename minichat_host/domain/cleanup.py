@@ -39,6 +39,7 @@ from minichat_host.db.repos.common import Executor
 from minichat_host.domain.attachments import AttachmentCleanupEvent, HookCaller
 from minichat_host.outbox.enqueue import enqueue
 from minichat_host.outbox.models import Delivery
+from minichat_host.outbox.routing import queue_timing
 from minichat_host.plugins.errors import PermanentError, TransientError
 
 log = logging.getLogger("minichat.cleanup")
@@ -238,7 +239,13 @@ class QueueRegistrar(Protocol):
     """`Outbox.register_queue` (outbox/scheduler.py)."""
 
     def register_queue(
-        self, name: str, handler: Callable[[Delivery], Awaitable[None]], *, partitions: int, timeout: float
+        self,
+        name: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        partitions: int,
+        timeout: float,
+        lease_seconds: float | None = None,
     ) -> Any: ...
 
 
@@ -265,11 +272,10 @@ def register_cleanup_queues(
         (constants.QUEUE_ATTACHMENT_CLEANUP, handlers.attachment_cleanup),
         (constants.QUEUE_CHAT_CLEANUP, handlers.chat_cleanup),
     ):
+        # The lease is stretched when the timeout does not fit a short `outbox.lease_seconds`.
+        timeout, lease = queue_timing(config, queue)
         outbox.register_queue(
-            queue,
-            handler,
-            partitions=config.outbox.num_partitions,
-            timeout=config.queue_config(queue).timeout_seconds,
+            queue, handler, partitions=config.outbox.num_partitions, timeout=timeout, lease_seconds=lease
         )
     return handlers
 

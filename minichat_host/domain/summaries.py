@@ -41,6 +41,7 @@ from minichat_host.db.repos.common import Executor
 from minichat_host.db.repos.summaries import Frontier, RangeMessage
 from minichat_host.domain.context import summary_due
 from minichat_host.outbox.models import Delivery
+from minichat_host.outbox.routing import queue_timing
 from minichat_host.plugins.errors import PermanentError, TransientError
 from minichat_host.plugins.types import ModelCatalogEntry, Usage, UsageEvent
 from minichat_host.providers.base import InputMessage, InputText, LlmProvider, ProviderError, ProviderRequest
@@ -379,7 +380,13 @@ class ThreadSummaryHandler:
 
 class QueueRegistrar(Protocol):
     def register_queue(
-        self, name: str, handler: Callable[[Delivery], Awaitable[None]], *, partitions: int, timeout: float
+        self,
+        name: str,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        partitions: int,
+        timeout: float,
+        lease_seconds: float | None = None,
     ) -> Any: ...
 
 
@@ -410,10 +417,13 @@ def register_summary_queue(
         metrics=metrics,
         clock=clock,
     )
+    # The lease is stretched when the timeout does not fit a short `outbox.lease_seconds`.
+    timeout, lease = queue_timing(config, constants.QUEUE_THREAD_SUMMARY)
     outbox.register_queue(
         constants.QUEUE_THREAD_SUMMARY,
         handler,
         partitions=config.outbox.num_partitions,
-        timeout=config.queue_config(constants.QUEUE_THREAD_SUMMARY).timeout_seconds,
+        timeout=timeout,
+        lease_seconds=lease,
     )
     return handler

@@ -106,6 +106,14 @@ class EmptyContent(DomainError):
     default_title = "Bad Request"
 
 
+def check_content(content: str) -> None:
+    """Blank content is refused, and so is NUL (PostgreSQL text cannot store it; SQLite would truncate)."""
+    if not content.strip():
+        raise EmptyContent("Message content must not be empty")
+    if "\x00" in content:
+        raise EmptyContent("Message content must not contain NUL characters")
+
+
 class ChatModelUnavailable(DomainError):
     """The chat's (locked) model is no longer enabled in the caller's catalog."""
 
@@ -367,8 +375,7 @@ class TurnService:
     ) -> TurnStream:
         """Start (or replay) a turn; every pre-stream failure raises a `DomainError` and writes nothing."""
         who = _Who(tenant_id, user_id, trace_id)
-        if not body.content.strip():
-            raise EmptyContent("Message content must not be empty")
+        check_content(body.content)
         request_id = body.request_id or uuid.uuid4()
         chat = await self._require_chat(who, chat_id)
         policy = await self._load_policy(who)
@@ -911,8 +918,7 @@ class TurnService:
         trace_id: str | None = None,
     ) -> TurnStream:
         """Replace the latest terminal turn's user message with `body.content` and generate again."""
-        if not body.content.strip():
-            raise EmptyContent("Message content must not be empty")
+        check_content(body.content)
         return await self._replace_turn(_Who(tenant_id, user_id, trace_id), chat_id, request_id, body.content)
 
     async def _mutable_turn(

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any, Final
 import pytest
 
 from console.browser import CHROMIUM_ARGS, BrowserUnavailable, ServedApp, ensure_chromium
-from minichat_host.providers.base import ProviderRegistry
 from minichat_host.testing import make_config
 
 ARTIFACTS_ENV: Final = "MINICHAT_TEST_ARTIFACTS"
@@ -46,18 +44,16 @@ def console_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]
         {
             "server": {"web_console": True},
             "database": {"url": f"sqlite+aiosqlite:///{data_dir / 'minichat.db'}", "pool_max_size": 4},
+            # The local model pauses between words so a Stop can land mid-stream.
+            "streaming": {"local_token_delay_seconds": LOCAL_TOKEN_DELAY_SECONDS},
         },
     )
-    # app.py builds the registry with no token delay and the config has no knob for it (yet).
-    slow_registry = functools.partial(ProviderRegistry, local_token_delay_seconds=LOCAL_TOKEN_DELAY_SECONDS)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("minichat_host.app.ProviderRegistry", slow_registry)
-        served = ServedApp(config)
-        served.start()
-        try:
-            yield served
-        finally:
-            served.stop()
+    served = ServedApp(config)
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
 
 
 @pytest.fixture(scope="module")

@@ -497,12 +497,13 @@ async def turn_books(database: databases.Database) -> list[TurnBook]:
 
 
 async def credit_totals(database: databases.Database) -> tuple[int, int]:
-    """(reserved, spent) micro-credits summed over every `total` bucket row."""
+    """(reserved, spent) micro-credits summed over the monthly `total` bucket rows of every user (each
+    charge is booked on a daily and a monthly row; the monthly one alone counts it once)."""
     row = await database.fetch_one(
         sa.select(
             sa.func.coalesce(sa.func.sum(quota_usage.c.reserved_credits_micro), 0),
             sa.func.coalesce(sa.func.sum(quota_usage.c.spent_credits_micro), 0),
-        ).where(quota_usage.c.bucket == "total")
+        ).where(quota_usage.c.bucket == "total", quota_usage.c.period_type == "monthly")
     )
     assert row is not None
     return int(row[0]), int(row[1])

@@ -32,6 +32,7 @@ from faults.procs import (
     turn_books,
     wait_until,
 )
+from minichat_host import constants
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,9 @@ async def test_sigkill_mid_stream_the_watchdog_finalizes_after_restart(
         chats = [await create_chat(session, host.base_url, "slow") for _ in range(3)]
         results = [StreamResult(status=0) for _ in chats]
         streams = [
-            asyncio.create_task(stream_message(session, host.base_url, chat, "tell me a long story", progress=r))
+            asyncio.create_task(
+                stream_message(session, host.base_url, chat, "tell me a long story", progress=r)
+            )
             for chat, r in zip(chats, results, strict=True)
         ]
         await wait_for_deltas(results, 3)
@@ -91,7 +94,9 @@ async def test_sigkill_mid_stream_the_watchdog_finalizes_after_restart(
                 )
                 assert status == 200, body
                 states.append((body["state"], body.get("error_code")))
-            return all(state != "running" for state, _ in states) and states == [("error", "orphan_timeout")] * 3
+            return (
+                all(state != "running" for state, _ in states) and states == [("error", "orphan_timeout")] * 3
+            )
 
         await wait_until(all_terminal, within=30, what="the watchdog finalizing the orphaned turns")
 
@@ -128,3 +133,132 @@ async def test_sigkill_mid_stream_the_watchdog_finalizes_after_restart(
     assert spent == sum(event["actual_credits_micro"] for event in books.usage_events)
     assert await dead_letter_count(database) == 0
     assert await host.stop() == 0
+
+
+class Load:
+    """`clients` tasks, each sending messages one after another into its own chat until stopped or the
+    host goes away; every result is kept."""
+
+    def __init__(self, base_url: str, clients: int) -> None:
+        self.base_url = base_url
+        self.clients = clients
+        self.results: list[StreamResult] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        self._tasks = [asyncio.create_task(self._client(session, n)) for n in range(self.clients)]
+
+    async def _client(self, session: aiohttp.ClientSession, number: int) -> None:
+        try:
+            chat = await create_chat(session, self.base_url, "fast")
+        except (aiohttp.ClientError, OSError, AssertionError):
+            return
+        while not self._stop.is_set():
+            result = await stream_message(session, self.base_url, chat, f"message from client {number}")
+            self.results.append(result)
+            if result.status == 0:  # the host is gone
+                return
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def done_request_ids(self) -> set[str]:
+        return {r.request_id for r in self.results if r.terminal == "done" and r.request_id}
+
+
+async def test_sigkill_while_the_outbox_delivers_loses_and_doubles_nothing(
+    pg_db_url: str,
+    connect: Callable[..., Any],
+    make_host: HostFactory,
+    fast_provider: str,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    # One partition, one message per batch: delivery trails the turns, so a kill lands in the middle of it.
+    config = host_config(
+        db_url=pg_db_url,
+        data_dir=data_dir,
+        port=free_port(),
+        providers={"fast": fast_provider},
+        outbox={
+            "num_partitions": 1,
+            "max_concurrent_partitions": 1,
+            "lease_seconds": 2,
+            "lease_headroom_seconds": 0.5,
+            "poll_interval_seconds": 0.2,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 1,
+            "queues": {
+                constants.QUEUE_USAGE: {"timeout_seconds": 1, "batch_size": 1},
+                constants.QUEUE_AUDIT: {"timeout_seconds": 1, "batch_size": 1},
+            },
+        },
+    )
+    host = make_host(config)
+    await host.start()
+    database = await connect(pg_db_url)
+    loads: list[Load] = []
+    backlog_at_kill: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            load = Load(host.base_url, clients=8)
+            loads.append(load)
+            load.start(session)
+
+            async def delivering() -> int:
+                # Some events delivered, more committed and waiting: the outbox is mid-delivery.
+                delivered = len(Books.read([data_dir]).usage_events)
+                backlog = await outbox_backlog(database)
+                return backlog if delivered >= 5 and backlog >= 5 else 0
+
+            backlog_at_kill.append(await wait_until(delivering, within=60, interval=0.02, what="delivery"))
+            host.kill()
+            await load.stop()
+            await host.start()
+
+    async def settled() -> bool:
+        turns = await turn_books(database)
+        if any(t.state == "running" for t in turns) or await outbox_backlog(database):
+            return False
+        return set(Books.read([data_dir]).usage_by_key) >= {t.dedupe_key for t in turns}
+
+    await wait_until(settled, within=60, what="every turn finalized and delivered")
+    turns = await turn_books(database)
+    books = Books.read([data_dir])
+    assert all(backlog > 0 for backlog in backlog_at_kill)
+    assert books.torn_lines == 0
+
+    # Every turn is terminal: completed, or orphaned by the kill and finalized by the watchdog.
+    assert {(t.state, t.error_code) for t in turns} <= {("completed", None), ("failed", "orphan_timeout")}
+    by_request = {str(t.request_id): t for t in turns}
+    for load in loads:
+        for request_id in load.done_request_ids():
+            assert by_request[request_id].state == "completed", "`done` is only sent after the commit"
+
+    # Usage: exactly one ledger line per dedupe key (the plugin drops a redelivered key).
+    assert set(books.usage_by_key) == {t.dedupe_key for t in turns}
+    assert set(books.usage_by_key.values()) == {1}, books.usage_by_key.most_common(3)
+    for turn in turns:
+        (usage,) = books.usage_for(turn.dedupe_key)
+        assert usage["terminal_state"] == turn.state
+
+    # Audit: every turn's terminal event arrived; a redelivery (killed between hook and ack) may repeat it
+    # in the raw log, identical, and a consumer keeps one per turn_id.
+    assert set(books.turn_audits_by_turn) == {str(t.turn_id) for t in turns}
+    for turn in turns:
+        first, *repeats = books.audits_for(str(turn.turn_id))
+        assert all(repeat == first for repeat in repeats)
+        expected = "turn_completed" if turn.state == "completed" else "turn_failed"
+        assert first["event_type"] == expected
+
+    reserved, spent = await credit_totals(database)
+    assert reserved == 0
+    assert spent == sum(event["actual_credits_micro"] for event in books.usage_events)
+    assert await dead_letter_count(database) == 0
+    assert await host.stop() == 0
+    print(
+        f"\n{len(turns)} turns, kills with {backlog_at_kill} messages undelivered, "
+        f"{sum(books.turn_audits_by_turn.values()) - len(turns)} redelivered audit line(s)"
+    )
