@@ -299,6 +299,7 @@ class StreamResult:
     """What one `messages:stream` call saw (status, frames as they arrived, how it ended)."""
 
     status: int
+    content_type: str = ""
     problem: dict[str, Any] | None = None
     events: list[str] = field(default_factory=list)
     data: list[dict[str, Any]] = field(default_factory=list)
@@ -347,6 +348,7 @@ async def stream_message(
     try:
         async with session.post(url, json=body, headers=headers) as response:
             result.status = response.status
+            result.content_type = response.content_type
             if response.status != 200 or response.content_type != "text/event-stream":
                 text = await response.text()
                 with contextlib.suppress(ValueError):

@@ -202,16 +202,17 @@ async def test_sigkill_while_the_outbox_delivers_loses_and_doubles_nothing(
     loads: list[Load] = []
     backlog_at_kill: list[int] = []
     async with aiohttp.ClientSession() as session:
-        for _ in range(2):
+        for _ in range(3):
             load = Load(host.base_url, clients=8)
             loads.append(load)
             load.start(session)
+            delivered_before = len(Books.read([data_dir]).usage_events)
 
-            async def delivering() -> int:
-                # Some events delivered, more committed and waiting: the outbox is mid-delivery.
-                delivered = len(Books.read([data_dir]).usage_events)
+            async def delivering(delivered_before: int = delivered_before) -> int:
+                # Events delivered in this round, more committed and waiting: the outbox is mid-delivery.
+                delivered = len(Books.read([data_dir]).usage_events) - delivered_before
                 backlog = await outbox_backlog(database)
-                return backlog if delivered >= 5 and backlog >= 5 else 0
+                return backlog if delivered >= 10 and backlog >= 5 else 0
 
             backlog_at_kill.append(await wait_until(delivering, within=60, interval=0.02, what="delivery"))
             host.kill()
@@ -258,7 +259,8 @@ async def test_sigkill_while_the_outbox_delivers_loses_and_doubles_nothing(
     assert spent == sum(event["actual_credits_micro"] for event in books.usage_events)
     assert await dead_letter_count(database) == 0
     assert await host.stop() == 0
+    orphaned = sum(t.state == "failed" for t in turns)
     print(
-        f"\n{len(turns)} turns, kills with {backlog_at_kill} messages undelivered, "
-        f"{sum(books.turn_audits_by_turn.values()) - len(turns)} redelivered audit line(s)"
+        f"\n{len(turns)} turns ({orphaned} orphaned by the kills), {backlog_at_kill} messages undelivered "
+        f"at the kills, {sum(books.turn_audits_by_turn.values()) - len(turns)} redelivered audit line(s)"
     )
