@@ -525,6 +525,37 @@ async def dead_letter_count(database: databases.Database) -> int:
     return int(await database.fetch_val("SELECT count(*) FROM outbox_dead_letters") or 0)
 
 
+async def unsettled(database: databases.Database, data_dirs: Sequence[Path]) -> str | None:
+    """None once every turn is terminal, the outbox is drained and every turn's usage key is in the
+    ledger; otherwise what is still missing."""
+    turns = await turn_books(database)
+    running = sum(t.state == "running" for t in turns)
+    backlog = await outbox_backlog(database)
+    missing = {t.dedupe_key for t in turns} - set(Books.read(data_dirs).usage_by_key)
+    if running or backlog or missing:
+        return (
+            f"{running} turn(s) running, {backlog} outbox message(s) pending, {len(missing)} usage(s) missing"
+        )
+    return None
+
+
+async def wait_settled(
+    database: databases.Database,
+    data_dirs: Sequence[Path],
+    *,
+    within: float,
+    hosts: Sequence[HostProcess] = (),
+) -> None:
+    """Wait until `unsettled()` is None; on timeout the error says what is missing (and the host logs)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (state := await unsettled(database, data_dirs)) is not None:
+        if loop.time() > deadline:
+            logs = "\n".join(_log_tail(host.log_path, 3000) for host in hosts)
+            raise AssertionError(f"the books did not settle within {within:.0f} s: {state}\n{logs}")
+        await asyncio.sleep(0.2)
+
+
 async def wait_until(check: Any, *, within: float, interval: float = 0.2, what: str = "condition") -> Any:
     """Await `check()` until it returns something truthy (returned) or `within` seconds pass (error)."""
     loop = asyncio.get_running_loop()

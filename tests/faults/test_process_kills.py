@@ -30,6 +30,7 @@ from faults.procs import (
     outbox_backlog,
     stream_message,
     turn_books,
+    wait_settled,
     wait_until,
 )
 from minichat_host import constants
@@ -219,13 +220,7 @@ async def test_sigkill_while_the_outbox_delivers_loses_and_doubles_nothing(
             await load.stop()
             await host.start()
 
-    async def settled() -> bool:
-        turns = await turn_books(database)
-        if any(t.state == "running" for t in turns) or await outbox_backlog(database):
-            return False
-        return set(Books.read([data_dir]).usage_by_key) >= {t.dedupe_key for t in turns}
-
-    await wait_until(settled, within=60, what="every turn finalized and delivered")
+    await wait_settled(database, [data_dir], within=60, hosts=[host])
     turns = await turn_books(database)
     books = Books.read([data_dir])
     assert all(backlog > 0 for backlog in backlog_at_kill)
