@@ -40,7 +40,7 @@ from databases.backends.sqlite import (
     SQLitePool,
     SQLiteTransaction,
 )
-from databases.core import DatabaseURL
+from databases.core import Connection, DatabaseURL, Transaction
 from databases.interfaces import Record as RecordInterface
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.cursor import CursorResultMetaData
@@ -397,6 +397,16 @@ class _CachedPostgresConnection(PostgresConnection):
         row = await self._connection.fetchrow(sql, *args)
         return None if row is None else Record(row, result_columns, self._dialect, column_maps)
 
+    async def release(self) -> None:
+        # When the server went away, asyncpg's reset on release fails: it terminates the connection (its pool
+        # slot is free again) and re-raises. databases would keep the dead reference, and every later acquire
+        # of this task's connection would fail with "Connection is already acquired" - wedging long-lived
+        # tasks (the outbox loops, the watchdog) until a restart. Forget it either way.
+        try:
+            await super().release()
+        finally:
+            self._connection = None
+
 
 class MinichatPostgresBackend(PostgresBackend):
     """databases' PostgreSQL backend with the compiled-statement cache."""
@@ -409,6 +419,56 @@ class MinichatPostgresBackend(PostgresBackend):
         return _CachedPostgresConnection(self, self._dialect, self._statements)
 
 
+class _ReleasingTransaction(Transaction):
+    """databases' Transaction, except that the connection is given back even when BEGIN, COMMIT or
+    ROLLBACK fails.
+
+    databases 0.9 skips the release when the statement raises (the server went away mid-transaction): the
+    task's connection count then never returns to zero, so that task keeps a dead connection for good - a
+    long-lived task such as an outbox loop fails on every later query until a restart - and the pool waits
+    for it forever at shutdown.
+    """
+
+    async def start(self) -> _ReleasingTransaction:
+        connection = self._connection
+        self._transaction = connection._connection.transaction()
+        async with connection._transaction_lock:
+            is_root = not connection._transaction_stack
+            await connection.__aenter__()
+            try:
+                await self._transaction.start(is_root=is_root, extra_options=self._extra_options)
+            except BaseException:
+                self._transaction = None
+                await connection.__aexit__()
+                raise
+            connection._transaction_stack.append(self)
+        return self
+
+    async def commit(self) -> None:
+        await self._end(commit=True)
+
+    async def rollback(self) -> None:
+        await self._end(commit=False)
+
+    async def _end(self, *, commit: bool) -> None:
+        connection = self._connection
+        async with connection._transaction_lock:
+            assert connection._transaction_stack[-1] is self
+            connection._transaction_stack.pop()
+            backend = self._transaction
+            assert backend is not None
+            try:
+                await (backend.commit() if commit else backend.rollback())
+            finally:
+                self._transaction = None
+                await connection.__aexit__()
+
+
+class _ReleasingConnection(Connection):
+    def transaction(self, *, force_rollback: bool = False, **kwargs: Any) -> _ReleasingTransaction:
+        return _ReleasingTransaction(lambda: self, force_rollback, **kwargs)
+
+
 class _MinichatDatabase(databases.Database):
     SUPPORTED_BACKENDS = {
         **databases.Database.SUPPORTED_BACKENDS,
@@ -417,6 +477,17 @@ class _MinichatDatabase(databases.Database):
         POSTGRES_DRIVER_SCHEME: f"{__name__}:MinichatPostgresBackend",
         "postgresql": f"{__name__}:MinichatPostgresBackend",
     }
+
+    # As databases.Database, with the transaction above on both ways in (database and connection).
+    def connection(self) -> Connection:
+        if self._global_connection is not None:
+            return self._global_connection
+        if not self._connection:
+            self._connection = _ReleasingConnection(self, self._backend)
+        return self._connection
+
+    def transaction(self, *, force_rollback: bool = False, **kwargs: Any) -> _ReleasingTransaction:
+        return _ReleasingTransaction(self.connection, force_rollback, **kwargs)
 
 
 async def connect_database(

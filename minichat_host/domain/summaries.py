@@ -68,7 +68,7 @@ class ThreadSummaryTaskPayload(msgspec.Struct, kw_only=True, omit_defaults=True)
     system_request_id: uuid.UUID
     frozen_target_created_at: dt.datetime
     frozen_target_message_id: uuid.UUID
-    system_task_type: str = SYSTEM_TASK_TYPE
+    system_task_type: str  # no default: always on the wire, as in the original payload
     base_frontier_created_at: dt.datetime | None = None
     base_frontier_message_id: uuid.UUID | None = None
 
@@ -120,6 +120,7 @@ async def summary_task_if_due(
         tenant_id=tenant_id,
         chat_id=chat_id,
         system_request_id=uuid.uuid4(),
+        system_task_type=SYSTEM_TASK_TYPE,
         frozen_target_created_at=target.created_at,
         frozen_target_message_id=target.message_id,
         base_frontier_created_at=base.created_at if base is not None else None,

@@ -63,6 +63,7 @@ def task(
         "tenant_id": DEV_TENANT,
         "chat_id": chat_id,
         "system_request_id": uuid.uuid4(),
+        "system_task_type": "thread_summary_update",
         "frozen_target_created_at": target.created_at,
         "frozen_target_message_id": target.message_id,
         "base_frontier_created_at": base.created_at if base else None,
@@ -384,20 +385,15 @@ async def test_summary_rows_are_per_chat(summary_stack: SummaryStack) -> None:
     assert count == 1
 
 
-async def test_the_finalizers_task_payload_is_understood(summary_stack: SummaryStack) -> None:
-    """domain/finalize.py enqueues its own `ThreadSummaryTask`; the handler must read that wire format."""
-    from minichat_host.domain.finalize import ThreadSummaryTask
-
-    ss = summary_stack
-    chat_id = await new_chat(ss)
-    positions = await seed_conversation(ss, chat_id, 3)
-    payload = ThreadSummaryTask(
-        tenant_id=str(DEV_TENANT),
-        chat_id=str(chat_id),
-        system_request_id=str(uuid.uuid4()),
-        frozen_target_created_at=positions[2].created_at.isoformat().replace("+00:00", "Z"),
-        frozen_target_message_id=str(positions[2].message_id),
-    )
-    await ss.handler(delivery(payload))
-    summary = await repo.get_summary(ss.stack.database, chat_id)
-    assert summary is not None and summary.frontier == positions[2]
+def test_the_task_payload_carries_the_original_wire_fields() -> None:
+    """The queue payload keeps the original's field names, `system_task_type` included (never omitted)."""
+    target = Frontier(created_at=T0, message_id=uuid.uuid4())
+    encoded = msgspec.json.decode(msgspec.json.encode(task(uuid.uuid4(), target)))
+    assert encoded["system_task_type"] == "thread_summary_update"
+    assert {
+        "tenant_id",
+        "chat_id",
+        "system_request_id",
+        "frozen_target_created_at",
+        "frozen_target_message_id",
+    } <= set(encoded)
