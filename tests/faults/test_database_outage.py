@@ -57,6 +57,9 @@ def cluster() -> Iterator[RestartableCluster]:
     server = RestartableCluster(pg.ensure_bin_dir())
     try:
         server.start()
+        # The throw-away cluster acknowledges commits before their WAL is written (tests/pg.py); a crash
+        # would then lose commits the host already reported. This test crashes it, so commits are durable.
+        pg.execute_admin(server.url, "ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()")
         yield server
     finally:
         server.stop()
