@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -556,12 +557,17 @@ async def wait_settled(
         await asyncio.sleep(0.2)
 
 
-async def wait_until(check: Any, *, within: float, interval: float = 0.2, what: str = "condition") -> Any:
-    """Await `check()` until it returns something truthy (returned) or `within` seconds pass (error)."""
+async def wait_until(
+    check: Callable[[], Any], *, within: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
+    """Call `check()` (sync, or returning an awaitable) until it gives something truthy, which is
+    returned, or `within` seconds pass (AssertionError)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if loop.time() > deadline:

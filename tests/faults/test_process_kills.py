@@ -9,17 +9,21 @@ deduplicates turn audit events by `turn_id`, of which there is exactly one termi
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from faults.conftest import HostFactory
 from faults.procs import (
     PREFIX,
     Books,
+    ProcessError,
     StreamResult,
     api_json,
     create_chat,
@@ -153,7 +157,7 @@ class Load:
     async def _client(self, session: aiohttp.ClientSession, number: int) -> None:
         try:
             chat = await create_chat(session, self.base_url, "fast")
-        except (aiohttp.ClientError, OSError, AssertionError):
+        except (aiohttp.ClientError, OSError, ProcessError):
             return
         while not self._stop.is_set():
             result = await stream_message(session, self.base_url, chat, f"message from client {number}")
@@ -259,3 +263,73 @@ async def test_sigkill_while_the_outbox_delivers_loses_and_doubles_nothing(
         f"\n{len(turns)} turns ({orphaned} orphaned by the kills), {backlog_at_kill} messages undelivered "
         f"at the kills, {sum(books.turn_audits_by_turn.values()) - len(turns)} redelivered audit line(s)"
     )
+
+
+async def test_sigkill_in_the_middle_of_the_finalizing_transaction(
+    pg_db_url: str,
+    connect: Callable[..., Any],
+    make_host: HostFactory,
+    medium_provider: str,
+    tmp_path: Path,
+) -> None:
+    """The finalizer has won the turn's compare-and-set and is settling quota when the process dies: its
+    transaction is rolled back with the connection, so the turn is still `running` and the watchdog
+    finalizes it after the restart - one terminal state, one usage event, one audit event, no reserve."""
+    data_dir = tmp_path / "data"
+    host = make_host(
+        host_config(
+            db_url=pg_db_url, data_dir=data_dir, port=free_port(), providers={"medium": medium_provider}
+        )
+    )
+    await host.start()
+    database = await connect(pg_db_url)
+    url = make_url(pg_db_url)
+    blocker = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database=url.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            chat = await create_chat(session, host.base_url, "medium")
+            result = StreamResult(status=0)
+            stream = asyncio.create_task(
+                stream_message(session, host.base_url, chat, "finish me", progress=result)
+            )
+            await wait_for_deltas([result], 1)
+            # Hold the user's quota rows: the finalizer wins the turn row, then waits here to settle.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute(
+                "SELECT 1 FROM quota_usage WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+                uuid.UUID(constants.DEV_TENANT_ID),
+                uuid.UUID(constants.DEV_USER_ID),
+            )
+
+            async def finalizer_waits() -> bool:
+                # A row-lock wait on our transaction: the finalizer, which holds the user's advisory lock
+                # and has updated the turn row in its own (uncommitted) transaction.
+                waiting = await blocker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND wait_event = 'transactionid'"
+                )
+                return bool(waiting)
+
+            await wait_until(finalizer_waits, within=30, interval=0.05, what="the finalizer blocked on quota")
+            host.kill()
+            await transaction.rollback()
+            await stream
+    finally:
+        await blocker.close()
+    assert result.broken and result.terminal is None, "no `done` for a turn that was not committed"
+    (turn,) = await turn_books(database)
+    assert turn.state == "running", "the finalizer's transaction died with the process"
+
+    await host.start()
+    await wait_settled(database, [data_dir], within=30, hosts=[host])
+    (turn,) = await turn_books(database)
+    assert (turn.state, turn.error_code) == ("failed", "orphan_timeout")
+    books = Books.read([data_dir])
+    assert books.usage_by_key == {turn.dedupe_key: 1}
+    assert books.turn_audits_by_turn == {str(turn.turn_id): 1}
+    (usage,) = books.usage_events
+    assert (usage["billing_outcome"], usage["settlement_method"]) == ("aborted", "estimated")
+    reserved, spent = await credit_totals(database)
+    assert (reserved, spent) == (0, usage["actual_credits_micro"])
+    assert await host.stop() == 0

@@ -429,3 +429,30 @@ async def test_quota_status_shows_own_numbers_only(
     assert used_credits(await world.owner.ok("GET", "/quota/status")) == owner_used
     assert set(used_credits(await callers["C"].ok("GET", "/quota/status")).values()) == {0}
     assert set(used_credits(await callers["D"].ok("GET", "/quota/status")).values()) == {0}
+
+
+# --- operator endpoints ------------------------------------------------------------------------------------
+async def test_operator_endpoints_need_the_admin_role(
+    world: OwnerWorld, callers: dict[str, Caller], app_db: databases.Database
+) -> None:
+    """Dead letters carry other people's events: without the admin role they are 403, not data."""
+    failures: list[str] = []
+    for name in INTRUDERS:
+        base = "/admin/outbox"
+        failures += await check(
+            callers[name],
+            world,
+            [
+                Probe("GET", f"{base}/status", 403, ("forbidden",)),
+                Probe("GET", f"{base}/dead-letters", 403, ("forbidden",)),
+                Probe("GET", f"{base}/dead-letters", 403, ("forbidden",), params={"status": "all"}),
+                Probe("GET", f"{base}/dead-letters/1", 403, ("forbidden",)),
+                Probe("POST", f"{base}/dead-letters/1/replay", 403, ("forbidden",)),
+                Probe("POST", f"{base}/dead-letters/1/discard", 403, ("forbidden",)),
+            ],
+        )
+        # Metrics (outside /v1) are for any authenticated caller: counters only, nobody's data.
+        response = await callers[name].client.get("/mini-chat/metrics", headers=callers[name].headers)
+        metrics = Answer(response.status, response.content_type, await response.text())
+        assert metrics.status == 200 and not world.leaks(metrics, ""), metrics.text[:300]
+    assert not failures, "\n".join(failures)
