@@ -56,7 +56,7 @@ def make_config(migrated_db_url: str, data_dir: Path) -> ConfigFactory:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, make_config: ConfigFactory) -> ClientFactory:
+def make_client(make_config: ConfigFactory, aiohttp_client: Any) -> ClientFactory:
     """`await make_client(tenant_id=..., user_id=..., extra_plugins=..., **config sections)`."""
 
     async def make(

@@ -161,12 +161,12 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def api(aiohttp_client: Any, sqlite_migrated_db_url: str, data_dir: Path) -> Api:
+async def api(sqlite_migrated_db_url: str, data_dir: Path, aiohttp_client: Any) -> Api:
     client: ClientT = await aiohttp_client(create_app(_config(sqlite_migrated_db_url, data_dir)))
     return await _seed(client)
 
 
 @pytest.fixture
-async def api_any_engine(aiohttp_client: Any, migrated_db_url: str, data_dir: Path) -> Api:
+async def api_any_engine(migrated_db_url: str, data_dir: Path, aiohttp_client: Any) -> Api:
     client: ClientT = await aiohttp_client(create_app(_config(migrated_db_url, data_dir)))
     return await _seed(client)

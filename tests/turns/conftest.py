@@ -272,14 +272,16 @@ def turn_config(db_url: str, data_dir: Path, fake_url: str, **sections: Any) -> 
 
 @pytest.fixture
 def make_harness(
-    aiohttp_client: Any,
     migrated_db_url: str,
     tmp_path: Path,
     fake: FakeOpenAI,
     recorder: Recorder,
     monkeypatch: pytest.MonkeyPatch,
+    aiohttp_client: Any,
 ) -> Callable[..., Any]:
-    """`await make_harness(**config sections)`: a started app with the recorder registered."""
+    """`await make_harness(**config sections)`: a started app with the recorder registered.
+
+    `aiohttp_client` comes last so the app is closed before its database and fake provider go away."""
     # Only the bundled plugins: whatever else is installed in the environment stays out of these tests.
     monkeypatch.setenv(constants.ENV_LOAD_PLUGINS, "policy_static,audit_log")
     registered: list[tuple[Any, str]] = []
