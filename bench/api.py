@@ -45,6 +45,7 @@ from common import (  # bench/common.py, next to this file
     mint_token,
     new_log_dir,
     postgres_database,
+    progress,
     raise_open_file_limit,
     save_results,
     start_minichat,
@@ -168,6 +169,7 @@ async def populate(url: str, users: int, chats: int, messages_per_chat: int) -> 
                         "updated_at": now,
                     }
                 )
+    bar = progress(len(chat_rows) + len(message_rows) + len(turn_rows) + len(quota_rows), "  insert rows")
     try:
         async with engine.begin() as connection:
             for table_, rows in (
@@ -178,7 +180,9 @@ async def populate(url: str, users: int, chats: int, messages_per_chat: int) -> 
             ):
                 for batch in _chunks(rows):
                     await connection.execute(table_.insert(), batch)
+                    bar.update(len(batch))
     finally:
+        bar.close()
         await engine.dispose()
     return population
 
@@ -293,7 +297,9 @@ async def bench_engine(engine: str, url: str, args: argparse.Namespace, log_dir:
     results: list[WrkResult] = []
     try:
         rng = random.Random(7)
-        for name, pairs in endpoint_pairs(population, rng).items():
+        endpoints = endpoint_pairs(population, rng)
+        bar = progress(len(endpoints), f"  {engine} endpoints")
+        for name, pairs in endpoints.items():
             slug = re.sub(r"\W+", "_", name)
             script = log_dir / f"{engine}-{slug}.lua"
             script.write_text(lua_script(pairs), encoding="utf-8")
@@ -306,6 +312,8 @@ async def bench_engine(engine: str, url: str, args: argparse.Namespace, log_dir:
                 f"  {name}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
                 f"non-2xx {result.non_2xx}{errors}"
             )
+            bar.update()
+        bar.close()
     finally:
         server.stop()
     return results

@@ -38,6 +38,7 @@ from typing import IO, Any
 import aiohttp
 import jwt
 import yaml
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "bench"
@@ -56,7 +57,16 @@ HUGE_CREDITS = 10**15
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # tqdm.write: a progress bar that is showing is cleared first and redrawn below the line.
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def progress(total: int | None, desc: str) -> tqdm[Any]:
+    """A progress bar over a phase loop (`bar.update(n)`, `bar.close()`): on stderr, and only when stderr is
+    a terminal, so logs, pipes and results files never see it. Cleared when closed; measures nothing."""
+    shown = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not shown, leave=False, dynamic_ncols=True)
 
 
 def user_id(index: int) -> str:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pg  # noqa: E402 - tests/pg.py, the throw-away PostgreSQL of the test suite
+from common import log, progress  # noqa: E402 - bench/common.py, next to this file
 
 from minichat_host.config import OutboxConfig  # noqa: E402
 from minichat_host.db.engine import connect_database, dialect_name  # noqa: E402
@@ -61,10 +62,6 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def produce(
     total: int,
     producers: int,
@@ -78,6 +75,7 @@ async def produce(
     """
     batches = [list(range(start, min(start + txn_size, total))) for start in range(0, total, txn_size)]
     interval = (producers * txn_size / rate) if rate else 0.0
+    bar = progress(total, "  latency" if rate else "  enqueue")
     started = time.perf_counter()
 
     async def producer(index: int) -> None:
@@ -87,9 +85,12 @@ async def produce(
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
                 next_at += interval
             await commit(batch)
+            bar.update(len(batch))
 
     await asyncio.gather(*(producer(i) for i in range(producers)))
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    bar.close()
+    return seconds
 
 
 # --- minichat outbox ----------------------------------------------------------------------------------

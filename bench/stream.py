@@ -59,6 +59,7 @@ from common import (  # bench/common.py, next to this file
     mint_token,
     new_log_dir,
     postgres_database,
+    progress,
     raise_open_file_limit,
     save_results,
     start_fake,
@@ -258,17 +259,20 @@ async def run_level(target: Target, level: str, requests: int, tokens: int) -> L
     await target.prepare(clients, per_client)
     samples: list[Sample] = []
     async with client_session(clients) as session:
+        bar = progress(clients * per_client, f"  level {level}")
         started = time.monotonic()
 
         async def client(slot: int) -> None:
             await asyncio.sleep(slot * RAMP_SECONDS_PER_CLIENT)
             for n in range(per_client):
                 samples.append(await read_stream(session, target.call(slot, n), tokens))
+                bar.update()
                 if level == "seq":
                     await asyncio.sleep(SEQ_PAUSE_SECONDS)
 
         await asyncio.gather(*(client(slot) for slot in range(clients)))
         seconds = time.monotonic() - started
+        bar.close()
     return LevelResult(level, samples, seconds)
 
 

@@ -1,7 +1,8 @@
 """`minichat` command line: one module per command group, each exposing `register(subparsers)`.
 
 A handler is `func(args) -> int` (exit code), stored with `parser.set_defaults(func=...)`. Every command
-accepts `--config` and, where it prints data, `--json`. Exit codes: 0 ok, 1 failure, 2 usage/config error.
+accepts `--config` and, where it prints data, `--json`. Exit codes: `exit_codes.ExitCode` (0 ok, 1 failure,
+2 usage/config error); long operations show a progress bar on a terminal (`progress.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from minichat_host.cli.exit_codes import ExitCode, epilog
 from minichat_host.config import ConfigError
 
 # Modules under minichat_host.cli that add commands, in help order.
@@ -18,7 +20,12 @@ COMMAND_MODULES = ("serve", "migrate", "config_cmd", "plugins_cmd", "outbox_cmd"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minichat", description="minichat chat service")
+    parser = argparse.ArgumentParser(
+        prog="minichat",
+        description="minichat chat service",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", help="YAML config file (default: $MINICHAT_CONFIG, else embedded defaults)"
     )
@@ -55,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"minichat: config error: {exc}", file=sys.stderr)
-        return 2
-    return code
+        return int(ExitCode.USAGE)
+    return int(code)  # a plain int for callers that print or compare it
 
 
 if __name__ == "__main__":

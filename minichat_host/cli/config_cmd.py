@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from minichat_host.cli.exit_codes import ExitCode
 from minichat_host.config import load_config, masked
 
 
@@ -19,7 +20,7 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print("# config OK; effective values (secrets masked)")
         print(yaml.safe_dump(effective, sort_keys=True), end="")
-    return 0
+    return ExitCode.OK
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

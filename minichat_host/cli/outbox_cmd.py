@@ -3,7 +3,8 @@
 These only read and write the outbox tables, so they work while the server runs (PostgreSQL: any number
 of processes; SQLite: short transactions next to the one server process). A replay puts the messages back
 at the end of their partitions and sequences them at once; the running scheduler delivers them on its
-next poll.
+next poll. `replay` and `discard` work in batches (`--batch-size`), one transaction each, with a progress
+bar over the total on a terminal (progress.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any, TypeVar
 import databases
 import msgspec
 
-from minichat_host.config import load_config
+from minichat_host.cli import progress
+from minichat_host.cli.exit_codes import ExitCode
+from minichat_host.config import ConfigError, load_config
 from minichat_host.db.engine import DialectName, connect_database, dialect_name
 from minichat_host.outbox import dead_letters as dl
 from minichat_host.outbox.models import DeadLetter, DeadLetterFilter, QueueStatus
@@ -28,6 +31,17 @@ from minichat_host.outbox.status import queue_status
 
 T = TypeVar("T")
 STATUSES = ("pending", "reprocessing", "resolved", "discarded", "all")
+DEFAULT_BATCH_SIZE = 500
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -64,7 +78,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         action.add_argument("ids", type=int, nargs="*", metavar="ID")
         action.add_argument("--all", action="store_true", help="every pending dead letter (of --queue)")
         action.add_argument("--queue", help="with --all: only this queue")
+        action.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=DEFAULT_BATCH_SIZE,
+            metavar="N",
+            help=f"dead letters per transaction (default: {DEFAULT_BATCH_SIZE})",
+        )
         action.add_argument("--json", action="store_true")
+        progress.add_progress_option(action)
         action.set_defaults(func=handler)
 
 
@@ -73,6 +95,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _run(args: argparse.Namespace, work: Callable[[databases.Database, DialectName], Awaitable[T]]) -> T:
     url = load_config(args.config).database_url()
+    try:
+        dialect_name(url)
+    except ValueError as exc:
+        raise ConfigError(f"database.url: {exc}") from None
 
     async def main() -> T:
         database = await connect_database(url)
@@ -88,9 +114,11 @@ def _guard(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return command(args)
+        except ConfigError:
+            raise  # main(): exit code 2, as for every command
         except (OSError, ValueError) as exc:
             print(f"minichat outbox: {exc}", file=sys.stderr)
-            return 1
+            return ExitCode.FAILURE
         except Exception as exc:  # a missing table, a refused connection: say what, not a traceback
             print(f"minichat outbox: {type(exc).__name__}: {exc}", file=sys.stderr)
             if "outbox_" in str(exc) and ("no such table" in str(exc) or "does not exist" in str(exc)):
@@ -98,7 +126,7 @@ def _guard(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
                     "minichat outbox: the database is not migrated; run `minichat migrate upgrade`",
                     file=sys.stderr,
                 )
-            return 1
+            return ExitCode.FAILURE
 
     return wrapper
 
@@ -143,10 +171,10 @@ def _status(args: argparse.Namespace) -> int:
     statuses: list[QueueStatus] = _run(args, lambda db, _: queue_status(db, args.queue))
     if args.json:
         _json(msgspec.to_builtins(statuses))
-        return 0
+        return ExitCode.OK
     if not statuses:
         print("no outbox queues registered yet (the server registers them when it starts)")
-        return 0
+        return ExitCode.OK
     rows = [
         [
             s.queue,
@@ -177,7 +205,7 @@ def _status(args: argparse.Namespace) -> int:
         ],
         rows,
     )
-    return 0
+    return ExitCode.OK
 
 
 @_guard
@@ -188,10 +216,10 @@ def _list(args: argparse.Namespace) -> int:
     )
     if args.json:
         _json([_letter_json(letter) for letter in letters])
-        return 0
+        return ExitCode.OK
     if not letters:
         print(f"no {args.status if status else ''} dead letters".replace("  ", " "))
-        return 0
+        return ExitCode.OK
     _table(
         ["ID", "QUEUE", "PART", "SEQ", "STATUS", "ATTEMPTS", "FAILED AT", "REASON"],
         [
@@ -208,7 +236,7 @@ def _list(args: argparse.Namespace) -> int:
             for x in letters
         ],
     )
-    return 0
+    return ExitCode.OK
 
 
 @_guard
@@ -216,10 +244,10 @@ def _show(args: argparse.Namespace) -> int:
     letter: DeadLetter | None = _run(args, lambda db, _: dl.get_dead_letter(db, args.id))
     if letter is None:
         print(f"minichat outbox: no dead letter with id {args.id}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILURE
     if args.json:
         _json(_letter_json(letter))
-        return 0
+        return ExitCode.OK
     for label, value in (
         ("id", letter.id),
         ("queue", letter.queue),
@@ -236,7 +264,7 @@ def _show(args: argparse.Namespace) -> int:
         print(f"{label + ':':14} {value}")
     print("payload:")
     print(letter.payload_text())
-    return 0
+    return ExitCode.OK
 
 
 def _scope(args: argparse.Namespace) -> DeadLetterFilter | None:
@@ -258,8 +286,14 @@ def _scope(args: argparse.Namespace) -> DeadLetterFilter | None:
 def _replay(args: argparse.Namespace) -> int:
     scope = _scope(args)
     if scope is None:
-        return 2
-    letters: list[DeadLetter] = _run(args, lambda db, dialect: dl.replay_dead_letters(db, dialect, scope))
+        return ExitCode.USAGE
+    with progress.bar(args, "replay", unit="letter") as bar:
+        letters: list[DeadLetter] = _run(
+            args,
+            lambda db, dialect: dl.replay_dead_letters(
+                db, dialect, scope, batch_size=args.batch_size, progress=progress.reporter(bar)
+            ),
+        )
     if args.json:
         _json({"replayed": [letter.id for letter in letters]})
     else:
@@ -274,8 +308,18 @@ def _replay(args: argparse.Namespace) -> int:
 def _discard(args: argparse.Namespace) -> int:
     scope = _scope(args)
     if scope is None:
-        return 2
-    ids: list[int] = _run(args, lambda db, _: dl.discard_dead_letters(db, scope))
+        return ExitCode.USAGE
+    with progress.bar(args, "discard", unit="letter") as bar:
+        ids: list[int] = _run(
+            args,
+            lambda db, _: dl.discard_dead_letters(
+                db,
+                scope,
+                batch_size=args.batch_size,
+                progress=progress.reporter(bar),
+                everything=args.all,  # `--all` is the explicit "every pending one"
+            ),
+        )
     if args.json:
         _json({"discarded": ids})
     else:
@@ -291,5 +335,5 @@ def _missing(args: argparse.Namespace, done: list[int]) -> int:
             f"minichat outbox: not pending (unknown or already handled): {', '.join(map(str, missing))}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return ExitCode.FAILURE
+    return ExitCode.OK

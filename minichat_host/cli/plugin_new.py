@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from minichat_host.cli.exit_codes import ExitCode
 from minichat_host.scaffold import CAPABILITIES, Scaffolded, ScaffoldError, create_plugin
 
 _CONFIG_KEY = {
@@ -55,15 +56,15 @@ def _new(args: argparse.Namespace) -> int:
         )
     except ScaffoldError as exc:
         print(f"minichat plugin new: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except OSError as exc:
         print(f"minichat plugin new: cannot write the plugin: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILURE
     if args.json:
         print(json.dumps(_as_json(result), indent=2))
     else:
         _print_text(result)
-    return 0
+    return ExitCode.OK
 
 
 def _as_json(result: Scaffolded) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from minichat_host.cli.exit_codes import ExitCode
 from minichat_host.config import load_config
 from minichat_host.plugins.errors import PluginConfigError
 from minichat_host.plugins.manager import PluginHost
@@ -80,8 +81,8 @@ def _plugins(args: argparse.Namespace) -> int:
         _print_text(report)
     if error:
         print(f"minichat: plugin set-up error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.USAGE
+    return ExitCode.OK
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

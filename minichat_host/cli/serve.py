@@ -9,6 +9,7 @@ from aiohttp import web
 
 from minichat_host.app import create_app
 from minichat_host.auth import check_bind_allowed
+from minichat_host.cli.exit_codes import ExitCode
 from minichat_host.config import load_config
 from minichat_host.logs import configure_logging
 
@@ -37,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=None,
         print=lambda msg: print(msg, flush=True),
     )
-    return 0
+    return ExitCode.OK
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

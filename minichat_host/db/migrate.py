@@ -49,6 +49,23 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def planned_steps(current: str | None, revision: str, *, downgrade: bool = False) -> int | None:
+    """How many revision steps an upgrade (or downgrade) from `current` to `revision` runs.
+
+    `revision` as the commands take it: an id, `head`, `base`, or relative (`+1`, `-1`). None when Alembic
+    cannot tell (the command itself then reports why).
+    """
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        if downgrade:
+            steps = script.iterate_revisions(current, revision, select_for_downgrade=True)
+        else:
+            steps = script.iterate_revisions(revision, current, implicit_base=True)
+        return sum(1 for _ in steps)
+    except Exception:
+        return None
+
+
 # --- async API ------------------------------------------------------------------------------------------
 
 

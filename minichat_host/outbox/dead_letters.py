@@ -2,18 +2,20 @@
 
 Lifecycle (original §1.9): `pending → reprocessing → resolved`, `reprocessing → pending` (reject),
 `pending → discarded`; a `reprocessing` row whose `deadline` passed can be claimed again.
-`replay()` is claim + re-enqueue + resolve in one transaction; `claim()` / `resolve()` / `reject()` are
-for callers that process dead letters themselves. Every function is a plain async function over
-`databases.Database` (CLI, admin API and the scheduler share them; they work while the server runs).
+`replay()` is claim + re-enqueue + resolve in one transaction (or, with `batch_size`, in one transaction
+per batch); `claim()` / `resolve()` / `reject()` are for callers that process dead letters themselves.
+Every function is a plain async function over `databases.Database` (CLI, admin API and the scheduler
+share them; they work while the server runs).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import databases
+import msgspec
 import sqlalchemy as sa
 
 from minichat_host.outbox.enqueue import Clock, utc_now
@@ -30,6 +32,10 @@ from minichat_host.outbox.tables import (
 
 D = outbox_dead_letters.c
 DEFAULT_CLAIM_SECONDS = 300.0
+REPLAY_CLAIM_SECONDS = 60.0
+
+# `progress(done, total)`: called with (0, total) before the first batch and after every batch.
+Progress = Callable[[int, int], None]
 
 _COLUMNS = (
     D.id,
@@ -134,6 +140,13 @@ async def get_dead_letter(db: databases.Database, dead_letter_id: int) -> DeadLe
     return None if row is None else _to_dead_letter(row)
 
 
+def _claimable(scope: DeadLetterFilter | None, now: dt.datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        *_scope(scope),
+        sa.or_(D.status == "pending", sa.and_(D.status == "reprocessing", D.deadline < now)),
+    )
+
+
 async def _claim_in_transaction(
     db: databases.Database,
     dialect: DialectName,
@@ -142,10 +155,7 @@ async def _claim_in_transaction(
     deadline: dt.datetime,
     limit: int | None,
 ) -> list[int]:
-    claimable = sa.and_(
-        *_scope(scope),
-        sa.or_(D.status == "pending", sa.and_(D.status == "reprocessing", D.deadline < now)),
-    )
+    claimable = _claimable(scope, now)
     # Oldest claim first (never-claimed rows before expired claims), then failure order.
     candidates = sa.select(D.id).where(claimable).order_by(D.deadline.asc().nulls_first(), D.id)
     if limit is not None:
@@ -223,18 +233,56 @@ async def reject_dead_letters(
 
 
 async def discard_dead_letters(
-    db: databases.Database, scope: DeadLetterFilter, *, clock: Clock = utc_now
+    db: databases.Database,
+    scope: DeadLetterFilter,
+    *,
+    clock: Clock = utc_now,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    everything: bool = False,
 ) -> list[int]:
-    """pending → discarded. An empty filter is refused so a typo cannot discard everything by accident."""
-    if scope == DeadLetterFilter():
+    """pending → discarded. Returns the ids that moved, in ascending order.
+
+    An empty filter is refused so a typo cannot discard everything by accident, unless `everything=True`
+    (`minichat outbox dead-letters discard --all`). With `batch_size`, the rows pending when the call starts
+    are discarded `batch_size` at a time, each batch one statement (no long-held write lock).
+    """
+    if scope == DeadLetterFilter() and not everything:
         raise ValueError("discard needs ids or a filter (queue, partition, payload type)")
+    if batch_size is None:
+        discarded = await _discard(db, _scope(scope), clock())
+        if progress is not None:
+            progress(len(discarded), len(discarded))
+        return discarded
+    _check_batch_size(batch_size)
+    rows = await db.fetch_all(sa.select(D.id).where(*_scope(scope), D.status == "pending").order_by(D.id))
+    planned = [int(row[0]) for row in rows]
+    if progress is not None:
+        progress(0, len(planned))
+    discarded = []
+    for start in range(0, len(planned), batch_size):
+        chunk = planned[start : start + batch_size]
+        discarded += await _discard(db, [D.id.in_(chunk)], clock())
+        if progress is not None:
+            progress(start + len(chunk), len(planned))
+    return sorted(discarded)
+
+
+async def _discard(
+    db: databases.Database, conditions: list[sa.ColumnElement[bool]], now: dt.datetime
+) -> list[int]:
     rows = await db.fetch_all(
         sa.update(outbox_dead_letters)
-        .where(*_scope(scope), D.status == "pending")
-        .values(status="discarded", completed_at=clock())
+        .where(*conditions, D.status == "pending")
+        .values(status="discarded", completed_at=now)
         .returning(D.id)
     )
     return sorted(int(row[0]) for row in rows)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch_size}")
 
 
 async def cleanup_dead_letters(db: databases.Database, scope: DeadLetterFilter | None = None) -> list[int]:
@@ -254,17 +302,58 @@ async def replay_dead_letters(
     *,
     clock: Clock = utc_now,
     sequence: bool = True,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> list[DeadLetter]:
     """Put dead letters back at the END of their partition, in (partition, seq) order, and resolve them.
 
     One transaction: claim (pending or expired reprocessing), insert fresh body + incoming rows into the
     same partition, mark resolved. Afterwards the affected partitions are sequenced right away (unless
     `sequence=False`), so a running scheduler in any process finds them on its next poll. An empty filter
-    replays every pending dead letter. Returns the replayed rows (as they were claimed).
+    replays every pending dead letter. Returns the replayed rows (as they were claimed), in (partition,
+    seq) order.
+
+    With `batch_size`, the rows claimable when the call starts are replayed in (partition, seq) order,
+    `batch_size` at a time, each batch in its own transaction and sequenced after it commits: a large
+    replay holds no giant transaction and reports `progress`. The replayed messages of one partition keep
+    their order; a message another producer enqueues meanwhile may land between two batches. Rows claimed
+    by someone else in between are skipped; dead letters created meanwhile are not replayed.
     """
-    now = clock()
+    if batch_size is None:
+        letters = await _replay_batch(db, dialect, scope, clock(), sequence=sequence, clock=clock)
+        if progress is not None:
+            progress(len(letters), len(letters))
+        return letters
+    _check_batch_size(batch_size)
+    rows = await db.fetch_all(
+        sa.select(D.id).where(_claimable(scope, clock())).order_by(D.partition_id, D.seq, D.id)
+    )
+    planned = [int(row[0]) for row in rows]
+    if progress is not None:
+        progress(0, len(planned))
+    replayed: list[DeadLetter] = []
+    for start in range(0, len(planned), batch_size):
+        chunk = tuple(planned[start : start + batch_size])
+        replayed += await _replay_batch(
+            db, dialect, msgspec.structs.replace(scope, ids=chunk), clock(), sequence=sequence, clock=clock
+        )
+        if progress is not None:
+            progress(start + len(chunk), len(planned))
+    return replayed
+
+
+async def _replay_batch(
+    db: databases.Database,
+    dialect: DialectName,
+    scope: DeadLetterFilter,
+    now: dt.datetime,
+    *,
+    sequence: bool,
+    clock: Clock,
+) -> list[DeadLetter]:
+    deadline = now + dt.timedelta(seconds=REPLAY_CLAIM_SECONDS)
     async with db.transaction():
-        ids = await _claim_in_transaction(db, dialect, scope, now, now + dt.timedelta(seconds=60), None)
+        ids = await _claim_in_transaction(db, dialect, scope, now, deadline, None)
         letters = await _fetch_by_ids(db, ids)
         for letter in letters:
             body_id = await db.fetch_val(
