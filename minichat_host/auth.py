@@ -10,10 +10,11 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jwt
 import msgspec
@@ -32,6 +33,8 @@ class Identity(msgspec.Struct, frozen=True):
 
 
 IDENTITY_KEY = web.RequestKey("minichat.identity", Identity)
+# Verified bearer tokens remembered per process (each entry ~1 KiB with the token itself).
+VERIFIED_TOKEN_CACHE_SIZE: Final = 10_000
 
 
 def _unauthorized(detail: str) -> ProblemError:
@@ -53,6 +56,7 @@ class _JwtVerifier:
     def __init__(self, cfg: JwtConfig) -> None:
         self._cfg = cfg
         self._keys: dict[str | None, Any] = {}
+        self._verified: dict[str, tuple[Identity, float, float]] = {}
         if cfg.jwks_file:
             try:
                 jwks = json.loads(Path(cfg.jwks_file).read_text(encoding="utf-8"))
@@ -79,6 +83,22 @@ class _JwtVerifier:
         return self._keys[kid]
 
     def verify(self, token: str) -> Identity:
+        # A token that verified once verifies again until it expires: skip the signature check and claim
+        # parsing for it (both are most of what an authenticated hot request costs besides its query).
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, not_before, expires = cached
+            if not_before <= time.time() < expires:
+                return identity
+            del self._verified[token]  # expired: the full check below answers with the right error
+        identity, not_before, expires = self._verify_fully(token)
+        if len(self._verified) >= VERIFIED_TOKEN_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (identity, not_before, expires)
+        return identity
+
+    def _verify_fully(self, token: str) -> tuple[Identity, float, float]:
+        """The identity, and the window (leeway included) in which the token stays valid."""
         cfg = self._cfg
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -99,10 +119,17 @@ class _JwtVerifier:
             raise _unauthorized(f"invalid token: {exc}") from None
         roles = claims.get(cfg.admin_claim)
         is_admin = roles == cfg.admin_value or (isinstance(roles, list) and cfg.admin_value in roles)
-        return Identity(
+        identity = Identity(
             tenant_id=_as_uuid(claims[cfg.tenant_claim], "tenant"),
             user_id=_as_uuid(claims[cfg.user_claim], "user"),
             is_admin=is_admin,
+        )
+        leeway = float(cfg.leeway_seconds)
+        not_before = claims.get("nbf")
+        return (
+            identity,
+            float(not_before) - leeway if isinstance(not_before, int | float) else float("-inf"),
+            float(claims["exp"]) + leeway,
         )
 
 

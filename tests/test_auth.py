@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -93,6 +94,29 @@ async def test_jwt_hs256(aiohttp_client: ClientFactory) -> None:
     assert (status, body["code"]) == (403, "forbidden")
     # The health endpoint at the root needs no credentials.
     assert (await client.get("/health")).status == 200
+
+
+async def test_a_remembered_token_still_expires(aiohttp_client: ClientFactory) -> None:
+    # Verified tokens are remembered (the signature is checked once); expiry is still checked every time.
+    client = await aiohttp_client(
+        make_app(
+            {"mode": "jwt", "jwt": {"secret": "s3cret-that-is-long-enough-for-hs256", "leeway_seconds": 0}}
+        )
+    )
+    short_lived = token(exp=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2))
+    for _ in range(3):
+        status, body, _ = await get(client, "/p/v1/me", Authorization=f"Bearer {short_lived}")
+        assert (status, body["user"]) == (200, USER)
+    await asyncio.sleep(2.1)
+    status, body, _ = await get(client, "/p/v1/me", Authorization=f"Bearer {short_lived}")
+    assert (status, body["code"]) == (401, "unauthorized")
+    assert "expired" in body["detail"]
+    # A token that differs in one signature character is not taken for the remembered one.
+    tampered = short_lived[:-2] + ("A" if short_lived[-2] != "A" else "B") + short_lived[-1]
+    fresh = token()
+    assert (await get(client, "/p/v1/me", Authorization=f"Bearer {fresh}"))[0] == 200
+    assert (await get(client, "/p/v1/me", Authorization=f"Bearer {fresh[:-2]}xy"))[0] == 401
+    assert (await get(client, "/p/v1/me", Authorization=f"Bearer {tampered}"))[0] == 401
 
 
 @pytest.mark.parametrize(

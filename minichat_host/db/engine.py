@@ -18,16 +18,14 @@ to that case), while IMMEDIATE takes the write lock up front and waits for it un
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import socket
 import sqlite3
-import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-import aiosqlite
 import asyncpg
 import databases
 import sqlalchemy as sa
@@ -51,6 +49,8 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import ClauseElement
 
 from minichat_host.db.compiled import CachedStatement, StatementCache
+from minichat_host.db.prepared import CompiledForm, Mode, Prepared, bind_args
+from minichat_host.db.sqlite_inline import AUTOCHECKPOINT_SAFETY_PAGES, InlineConnection, WalCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -109,65 +109,62 @@ def masked_url(url: str) -> str:
 
 
 class _PragmaSQLitePool(SQLitePool):
-    """SQLitePool that runs the connection PRAGMAs on every connection it opens and reuses idle ones."""
+    """SQLitePool of `InlineConnection`s (sqlite_inline.py) that runs the connection PRAGMAs on every
+    connection it opens and keeps up to `max_idle` idle ones for the next task."""
 
-    def __init__(self, url: DatabaseURL, pragmas: tuple[str, ...], *, max_idle: int, **options: Any) -> None:
+    def __init__(
+        self,
+        url: DatabaseURL,
+        pragmas: tuple[str, ...],
+        *,
+        max_idle: int,
+        busy_timeout_seconds: float,
+        **options: Any,
+    ) -> None:
         super().__init__(url, **options)
         self._pragmas = pragmas
         self._max_idle = max_idle
-        self._idle: list[aiosqlite.Connection] = []
+        self._busy_timeout_seconds = busy_timeout_seconds
+        self._idle: list[InlineConnection] = []
 
-    async def acquire(self) -> aiosqlite.Connection:
+    async def acquire(self) -> InlineConnection:  # type: ignore[override]  # aiosqlite's interface, in place
         while self._idle:
             connection = self._idle.pop()
             if _reusable(connection):
                 return connection
-            await super().release(connection)
-        return await self._open()
+            connection.close_now()
+        return self._open()
 
-    async def release(self, connection: aiosqlite.Connection) -> None:
+    async def release(self, connection: InlineConnection) -> None:  # type: ignore[override]
         # Only a connection at rest goes back: a transaction left open (a failed rollback) is closed instead.
         if len(self._idle) < self._max_idle and _reusable(connection):
             self._idle.append(connection)
             return
-        await super().release(connection)
+        connection.close_now()
 
     async def close_idle(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
-            with contextlib.suppress(Exception):
-                await super().release(connection)
+            connection.close_now()
 
-    async def _open(self) -> aiosqlite.Connection:
-        # As SQLitePool.acquire, plus: when opening fails, aiosqlite stops its worker thread without waiting
-        # for it, and the thread then reports to an event loop that may already be closed; wait for it here.
-        connection = aiosqlite.connect(database=self._database, isolation_level=None, **self._options)
-        worker = getattr(connection, "_thread", None)
-        if isinstance(worker, threading.Thread):
-            # An idle pooled connection that nobody closes (no disconnect) must not keep the process alive at
-            # exit; leaving a WAL database without closing it is as safe as a crash.
-            worker.daemon = True
-        try:
-            await connection.__aenter__()
-        except BaseException:
-            if isinstance(worker, threading.Thread) and worker.is_alive():
-                await asyncio.to_thread(worker.join, 5)
-            raise
+    def _open(self) -> InlineConnection:
+        connection = InlineConnection.open(
+            self._database, busy_timeout_seconds=self._busy_timeout_seconds, **self._options
+        )
         try:
             for pragma in self._pragmas:
-                cursor = await connection.execute(pragma)
-                await cursor.close()
+                connection.raw.execute(pragma).close()
         except BaseException:
-            await super().release(connection)  # closed, never pooled half-configured
+            connection.close_now()  # never pooled half-configured
             raise
         return connection
 
 
-def _reusable(connection: aiosqlite.Connection) -> bool:
-    """Open, its worker thread alive, and not inside a transaction."""
+def _reusable(connection: InlineConnection) -> bool:
+    """Open and not inside a transaction."""
     try:
-        return bool(connection._running) and not connection.in_transaction
-    except (ValueError, sqlite3.ProgrammingError):  # closed underneath
+        return not connection.closed and not connection.in_transaction
+    except sqlite3.ProgrammingError:  # closed underneath
         return False
 
 
@@ -233,6 +230,83 @@ class _ImmediateSQLiteTransaction(SQLiteTransaction):
                 self._gate.release()
 
 
+class LeanRecord:
+    """A result row: the values converted once by SQLAlchemy's result processors, addressed by column
+    name, position or Column object through an index map shared by every row of the statement.
+
+    databases' Record looks each key up in three maps and fetches the column type's processor again on
+    every access; on the hot JSON endpoints that was ~15% of the server's CPU (bench/api.py, py-spy).
+    """
+
+    __slots__ = ("_index", "_row")
+
+    def __init__(self, row: Row, index: dict[Any, int]) -> None:
+        self._row = row
+        self._index = index
+
+    def __getitem__(self, key: Any) -> Any:
+        index = self._index
+        if not index:  # textual SQL: no result columns known up front, the row maps its own keys
+            return self._row[key]
+        try:
+            return self._row[index[key]]
+        except KeyError:
+            if isinstance(key, str | int):
+                raise
+            return self._row[index[str(key)]]  # a Column: "table.column", as databases accepts
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __iter__(self) -> Any:
+        return iter(self.keys())  # as databases' Record: the column names
+
+    def keys(self) -> list[str]:
+        if not self._index:
+            return list(self._row._fields)
+        return [key for key in self._index if isinstance(key, str) and "." not in key]
+
+    def values(self) -> list[Any]:
+        return list(self._row)
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return {key: self[key] for key in self.keys()}
+
+    def __repr__(self) -> str:
+        return f"LeanRecord({self._mapping!r})"
+
+
+def _record_index(result_columns: Any) -> dict[Any, int]:
+    """Every way databases lets a caller address a result column, mapped to its position."""
+    by_name, by_position, by_full_name = create_column_maps(result_columns)
+    index: dict[Any, int] = {}
+    for maps in (by_full_name, by_position, by_name):
+        for key, (position, _type) in maps.items():
+            index[key] = position
+    return index
+
+
+def _sqlite_result_context(dialect: Dialect, compiled: Any) -> CompilationContext:
+    """What CursorResultMetaData needs to match a compiled statement's columns to a cursor's."""
+    execution_context: Any = dialect.execution_ctx_cls()
+    execution_context.dialect = dialect
+    execution_context.result_column_struct = (
+        compiled._result_columns,
+        compiled._ordered_columns,
+        compiled._textual_ordered_columns,
+        compiled._ad_hoc_textual,
+        compiled._loose_column_name_matching,
+    )
+    return CompilationContext(execution_context)
+
+
 class _ImmediateSQLiteConnection(SQLiteConnection):
     """BEGIN IMMEDIATE transactions; statements, column maps and result metadata from the shared cache."""
 
@@ -242,6 +316,7 @@ class _ImmediateSQLiteConnection(SQLiteConnection):
         super().__init__(pool, dialect)
         self._statements = statements
         self._gate = gate
+        self._connection: InlineConnection | None = None  # type: ignore[assignment]  # aiosqlite's interface
 
     def transaction(self) -> _ImmediateSQLiteTransaction:
         return _ImmediateSQLiteTransaction(self, self._gate)
@@ -249,72 +324,112 @@ class _ImmediateSQLiteConnection(SQLiteConnection):
     def _compile(self, query: ClauseElement) -> Any:
         return self._prepare(query)[:4]
 
-    def _prepare(self, query: ClauseElement) -> tuple[str, list[Any], Any, Any, Any, CachedStatement | None]:
-        """(sql, args, result columns, compilation context, column maps, cache entry or None)."""
+    def _prepare(self, query: ClauseElement) -> tuple[str, list[Any], Any, Any, CachedStatement | None]:
+        """(sql, args, result columns, compilation context, cache entry or None)."""
         hit = self._statements.lookup(query)
         if hit is None:
             sql, args, result_columns, context = cast(Any, super()._compile(query))  # 4 on SQLite
-            return sql, args, result_columns, context, create_column_maps(result_columns), None
+            return sql, args, result_columns, context, None
         entry, params = hit
         compiled = entry.compiled
         derived = entry.derived
         if not derived:
-            execution_context: Any = self._dialect.execution_ctx_cls()
-            execution_context.dialect = self._dialect
-            execution_context.result_column_struct = (
-                compiled._result_columns,
-                compiled._ordered_columns,
-                compiled._textual_ordered_columns,
-                compiled._ad_hoc_textual,
-                compiled._loose_column_name_matching,
-            )
-            derived["context"] = CompilationContext(execution_context)
-            derived["column_maps"] = create_column_maps(compiled._result_columns)
+            derived["context"] = _sqlite_result_context(self._dialect, compiled)
         processors: Any = compiled._bind_processors
         args = [
             processors[name](params[name]) if name in processors else params[name]
             for name in compiled.positiontup or ()
         ]
-        return (
-            compiled.string,
-            args,
-            compiled._result_columns,
-            derived["context"],
-            derived["column_maps"],
-            entry,
-        )
+        return compiled.string, args, compiled._result_columns, derived["context"], entry
 
-    def _metadata(self, entry: CachedStatement | None, context: Any, description: Any) -> Any:
-        # The same SQL always has the same cursor description: build its result metadata once.
-        metadata: CursorResultMetaData | None = entry.derived.get("metadata") if entry else None
-        if metadata is None:
-            metadata = CursorResultMetaData(context, description)
-            if entry is not None:
-                entry.derived["metadata"] = metadata
-        return metadata
+    def _metadata(
+        self, entry: CachedStatement | None, context: Any, description: Any, result_columns: Any
+    ) -> tuple[Any, dict[Any, int]]:
+        # The same SQL always has the same cursor description: build its result metadata and index once.
+        if entry is not None:
+            cached: tuple[Any, dict[Any, int]] | None = entry.derived.get("metadata")
+            if cached is not None:
+                return cached
+        built = CursorResultMetaData(context, description), _record_index(result_columns)
+        if entry is not None:
+            entry.derived["metadata"] = built
+        return built
 
-    async def fetch_all(self, query: ClauseElement) -> list[Record]:  # type: ignore[override]  # databases: its own two Record types
-        assert self._connection is not None, "Connection is not acquired"
-        sql, args, result_columns, context, column_maps, entry = self._prepare(query)
-        async with self._connection.execute(sql, args) as cursor:
-            rows = await cursor.fetchall()
-            metadata = self._metadata(entry, context, cursor.description)
+    async def fetch_all(self, query: ClauseElement) -> list[LeanRecord]:  # type: ignore[override]
+        connection = self._connection
+        assert connection is not None, "Connection is not acquired"
+        sql, args, result_columns, context, entry = self._prepare(query)
+        raw = connection.raw
+        cursor = await connection.run(lambda: raw.execute(sql, args))
+        try:
+            rows = cursor.fetchall()
+            metadata, index = self._metadata(entry, context, cursor.description, result_columns)
+        finally:
+            cursor.close()
         processors, keymap = metadata._processors, metadata._keymap
-        return [
-            Record(Row(metadata, processors, keymap, row), result_columns, self._dialect, column_maps)
-            for row in rows
-        ]
+        return [LeanRecord(Row(metadata, processors, keymap, row), index) for row in rows]
 
-    async def fetch_one(self, query: ClauseElement) -> Record | None:
-        assert self._connection is not None, "Connection is not acquired"
-        sql, args, result_columns, context, column_maps, entry = self._prepare(query)
-        async with self._connection.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
+    async def fetch_one(self, query: ClauseElement) -> LeanRecord | None:  # type: ignore[override]
+        connection = self._connection
+        assert connection is not None, "Connection is not acquired"
+        sql, args, result_columns, context, entry = self._prepare(query)
+        raw = connection.raw
+        cursor = await connection.run(lambda: raw.execute(sql, args))
+        try:
+            row = cursor.fetchone()
             if row is None:
                 return None
-            metadata = self._metadata(entry, context, cursor.description)
-        record = Row(metadata, metadata._processors, metadata._keymap, row)
-        return Record(record, result_columns, self._dialect, column_maps)
+            metadata, index = self._metadata(entry, context, cursor.description, result_columns)
+        finally:
+            cursor.close()
+        return LeanRecord(Row(metadata, metadata._processors, metadata._keymap, row), index)
+
+    async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
+        connection = self._connection
+        assert connection is not None, "Connection is not acquired"
+        form = prepared.form(self._dialect, prepared.column_keys(values))
+        compiled: Any = form.compiled
+        args = bind_args(form, compiled.positiontup or (), values)
+        raw = connection.raw
+        sql = compiled.string
+        cursor = await connection.run(lambda: raw.execute(sql, args))
+        try:
+            if mode == "execute":
+                return None
+            if mode == "one":
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                rows = [row]
+            else:
+                rows = cursor.fetchall()
+            metadata, index = self._form_metadata(form, cursor.description)
+        finally:
+            cursor.close()
+        processors, keymap = metadata._processors, metadata._keymap
+        records = [LeanRecord(Row(metadata, processors, keymap, row), index) for row in rows]
+        return records[0] if mode == "one" else records
+
+    def _form_metadata(self, form: CompiledForm, description: Any) -> tuple[Any, dict[Any, int]]:
+        cached: tuple[Any, dict[Any, int]] | None = form.derived.get("metadata")
+        if cached is None:
+            compiled: Any = form.compiled
+            context = _sqlite_result_context(self._dialect, compiled)
+            cached = CursorResultMetaData(context, description), _record_index(compiled._result_columns)  # type: ignore[arg-type]
+            form.derived["metadata"] = cached
+        return cached
+
+    async def execute(self, query: ClauseElement) -> Any:
+        connection = self._connection
+        assert connection is not None, "Connection is not acquired"
+        sql, args = self._prepare(query)[:2]
+        raw = connection.raw
+        cursor = await connection.run(lambda: raw.execute(sql, args))
+        try:
+            # As databases: the new row's id for an INSERT, else the number of rows changed.
+            return cursor.rowcount if cursor.lastrowid == 0 else cursor.lastrowid
+        finally:
+            cursor.close()
 
 
 class MinichatSQLiteBackend(SQLiteBackend):
@@ -328,24 +443,34 @@ class MinichatSQLiteBackend(SQLiteBackend):
         max_idle: int = 10,
         **options: Any,
     ) -> None:
-        # sqlite3's own `timeout` is the busy timeout too; keep both in agreement.
-        options.setdefault("timeout", busy_timeout_ms / 1000)
+        options.pop("timeout", None)  # the busy wait is asynchronous (sqlite_inline.py), bounded by this
         super().__init__(database_url, **options)
         if self._pool._memref is not None:
             self._pool._memref.close()
         pragmas = (
             "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
             "PRAGMA synchronous=NORMAL",
+            # Checkpoints run on WalCheckpointer's thread, not inside a request's COMMIT.
+            f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_SAFETY_PAGES}",
         )
         self._pragma_pool = _PragmaSQLitePool(
-            self._database_url, pragmas, max_idle=max(0, max_idle), **self._options
+            self._database_url,
+            pragmas,
+            max_idle=max(0, max_idle),
+            busy_timeout_seconds=busy_timeout_ms / 1000,
+            **self._options,
         )
         self._pool = self._pragma_pool
         self._statements = StatementCache(self._dialect)
         self._gate = _WriteGate(busy_timeout_ms)
+        self._checkpointer = WalCheckpointer(self._pragma_pool._database, **self._options)
+
+    async def connect(self) -> None:
+        await super().connect()
+        self._checkpointer.start()
 
     async def disconnect(self) -> None:
+        self._checkpointer.stop()
         await self._pragma_pool.close_idle()
         await super().disconnect()
 
@@ -396,6 +521,41 @@ class _CachedPostgresConnection(PostgresConnection):
         sql, args, result_columns, column_maps = self._prepare(query)
         row = await self._connection.fetchrow(sql, *args)
         return None if row is None else Record(row, result_columns, self._dialect, column_maps)
+
+    async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
+        assert self._connection is not None, "Connection is not acquired"
+        form = prepared.form(self._dialect, prepared.column_keys(values))
+        derived = form.derived
+        if not derived:
+            compiled: Any = form.compiled
+            names = sorted(set(compiled.bind_names.values()))
+            derived["names"] = names
+            derived["sql"] = compiled.string % {name: f"${i}" for i, name in enumerate(names, start=1)}
+            derived["index"] = _record_index(compiled._result_columns)
+            # As databases' Record: a column type's result processor applies to int/str/float values only.
+            derived["processors"] = [
+                (position, processor)
+                for position, entry in enumerate(compiled._result_columns)
+                if (processor := entry.type._cached_result_processor(self._dialect, None)) is not None
+            ]
+        args = bind_args(form, derived["names"], values)
+        if mode == "execute":
+            await self._connection.execute(derived["sql"], *args)
+            return None
+        if mode == "one":
+            row = await self._connection.fetchrow(derived["sql"], *args)
+            return None if row is None else self._lean(row, derived)
+        rows = await self._connection.fetch(derived["sql"], *args)
+        return [self._lean(row, derived) for row in rows]
+
+    @staticmethod
+    def _lean(row: Any, derived: dict[str, Any]) -> LeanRecord:
+        values = list(row)
+        for position, processor in derived["processors"]:
+            raw = values[position]
+            if isinstance(raw, int | str | float):
+                values[position] = processor(raw)
+        return LeanRecord(values, derived["index"])  # type: ignore[arg-type]  # a list serves as the row
 
     async def release(self) -> None:
         # When the server went away, asyncpg's reset on release fails: it terminates the connection (its pool
@@ -468,6 +628,13 @@ class _ReleasingConnection(Connection):
     def transaction(self, *, force_rollback: bool = False, **kwargs: Any) -> _ReleasingTransaction:
         return _ReleasingTransaction(lambda: self, force_rollback, **kwargs)
 
+    async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
+        """A prepared statement (db/prepared.py) on this task's connection, inside its transaction if any."""
+        async with self:
+            async with self._query_lock:
+                backend: Any = self._connection
+                return await backend.run_prepared(prepared, values, mode)
+
 
 class _MinichatDatabase(databases.Database):
     SUPPORTED_BACKENDS = {
@@ -488,6 +655,10 @@ class _MinichatDatabase(databases.Database):
 
     def transaction(self, *, force_rollback: bool = False, **kwargs: Any) -> _ReleasingTransaction:
         return _ReleasingTransaction(self.connection, force_rollback, **kwargs)
+
+    async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
+        connection: Any = self.connection()
+        return await connection.run_prepared(prepared, values, mode)
 
 
 async def connect_database(

@@ -22,6 +22,7 @@ from minichat_host.db.engine import (
     masked_url,
     sqlite_path,
 )
+from minichat_host.db.sqlite_inline import AUTOCHECKPOINT_SAFETY_PAGES
 from minichat_host.db.tables import chats, quota_usage
 
 
@@ -76,14 +77,16 @@ async def test_sqlite_settings_apply_to_every_connection(sqlite_migrated_db_url:
     tasks = 4
     barrier = asyncio.Barrier(tasks)
 
-    async def settings_seen_by_own_connection() -> tuple[str, int, int, int]:
+    async def settings_seen_by_own_connection() -> tuple[str, int, int, int, int]:
         # databases gives every task its own SQLite connection; hold it while the others open theirs.
         async with database.connection() as connection:
             await barrier.wait()
             return (
                 await connection.fetch_val(sa.text("PRAGMA journal_mode")),
+                # No busy handler: the wait for the lock is asynchronous (tests/db/test_sqlite_inline.py).
                 await connection.fetch_val(sa.text("PRAGMA busy_timeout")),
                 await connection.fetch_val(sa.text("PRAGMA foreign_keys")),
+                await connection.fetch_val(sa.text("PRAGMA wal_autocheckpoint")),
                 id(connection.raw_connection),
             )
 
@@ -91,8 +94,8 @@ async def test_sqlite_settings_apply_to_every_connection(sqlite_migrated_db_url:
         seen = await asyncio.gather(*(settings_seen_by_own_connection() for _ in range(tasks)))
     finally:
         await database.disconnect()
-    assert {settings[:3] for settings in seen} == {("wal", 1234, 1)}
-    assert len({settings[3] for settings in seen}) == tasks
+    assert {settings[:4] for settings in seen} == {("wal", 0, 1, AUTOCHECKPOINT_SAFETY_PAGES)}
+    assert len({settings[4] for settings in seen}) == tasks
 
 
 async def _insert_usage_row(database: databases.Database) -> uuid.UUID:

@@ -12,6 +12,7 @@ renders no FOR UPDATE).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from minichat_host.db.prepared import Prepared
 from minichat_host.db.tables import quota_usage
 from minichat_host.domain.models import BucketDelta, Period, UsageKey, UsageRow
 
@@ -66,25 +68,10 @@ async def load_usage(
     """
     if not periods:
         return {}
-    query = sa.select(
-        quota_usage.c.period_type,
-        quota_usage.c.period_start,
-        quota_usage.c.bucket,
-        quota_usage.c.spent_credits_micro,
-        quota_usage.c.reserved_credits_micro,
-        quota_usage.c.web_search_calls,
-        quota_usage.c.code_interpreter_calls,
-    ).where(
-        quota_usage.c.tenant_id == tenant_id,
-        quota_usage.c.user_id == user_id,
-        _period_filter(periods),
-    )
-    if for_update:
-        # A stable lock order (writers also hold the per-user lock, see `lock_user`).
-        query = query.order_by(
-            quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket
-        ).with_for_update()
-    rows = await db.fetch_all(query)
+    values: dict[str, Any] = {"tenant_id": tenant_id, "user_id": user_id}
+    for number, period in enumerate(periods):
+        values[f"type_{number}"], values[f"start_{number}"] = period.period_type, period.period_start
+    rows = await _usage_statement(len(periods), for_update).fetch_all(db, **values)
     result: dict[UsageKey, UsageRow] = {}
     for row in rows:
         key: UsageKey = (row["period_type"], _as_date(row["period_start"]), row["bucket"])
@@ -95,6 +82,37 @@ async def load_usage(
             code_interpreter_calls=int(row["code_interpreter_calls"]),
         )
     return result
+
+
+@functools.cache
+def _usage_statement(period_count: int, for_update: bool) -> Prepared:
+    query = sa.select(
+        quota_usage.c.period_type,
+        quota_usage.c.period_start,
+        quota_usage.c.bucket,
+        quota_usage.c.spent_credits_micro,
+        quota_usage.c.reserved_credits_micro,
+        quota_usage.c.web_search_calls,
+        quota_usage.c.code_interpreter_calls,
+    ).where(
+        quota_usage.c.tenant_id == sa.bindparam("tenant_id"),
+        quota_usage.c.user_id == sa.bindparam("user_id"),
+        sa.or_(
+            *(
+                sa.and_(
+                    quota_usage.c.period_type == sa.bindparam(f"type_{number}"),
+                    quota_usage.c.period_start == sa.bindparam(f"start_{number}"),
+                )
+                for number in range(period_count)
+            )
+        ),
+    )
+    if for_update:
+        # A stable lock order (writers also hold the per-user lock, see `lock_user`).
+        query = query.order_by(
+            quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket
+        ).with_for_update()
+    return Prepared(query, f"usage of {period_count} periods (for update: {for_update})")
 
 
 async def lock_user(db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
@@ -138,12 +156,25 @@ async def apply_deltas(
     A negative reserve delta never takes `reserved_credits_micro` below zero: a release that finds less
     reserved than it returns (a ledger repaired by hand) clamps at zero instead of failing the finalizer.
     """
-    dialect = db.url.dialect
     merged = _merged(deltas)
     if not merged:
         return
+    upsert = _UPSERTS[db.url.dialect]
     for delta in sorted(merged, key=lambda d: (d.period_type, d.period_start, d.bucket)):
-        await db.execute(_upsert(dialect, tenant_id, user_id, delta, now))
+        values: dict[str, Any] = {
+            "id": uuid.uuid4(),
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+            "period_type": delta.period_type,
+            "period_start": delta.period_start,
+            "bucket": delta.bucket,
+            "updated_at": now,
+        }
+        for field, column in _DELTA_COLUMNS:
+            amount = int(getattr(delta, field))
+            values[column] = max(0, amount) if column == "reserved_credits_micro" else amount
+            values[f"add_{column}"] = amount
+        await upsert.execute(db, **values)
 
 
 def _merged(deltas: Iterable[BucketDelta]) -> list[BucketDelta]:
@@ -163,34 +194,28 @@ def _merged(deltas: Iterable[BucketDelta]) -> list[BucketDelta]:
     return list(merged.values())
 
 
-def _upsert(
-    dialect: str, tenant_id: uuid.UUID, user_id: uuid.UUID, delta: BucketDelta, now: dt.datetime
-) -> sa.Insert:
-    values: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "tenant_id": tenant_id,
-        "user_id": user_id,
-        "period_type": delta.period_type,
-        "period_start": delta.period_start,
-        "bucket": delta.bucket,
-        "updated_at": now,
-    }
-    for field, column in _DELTA_COLUMNS:
-        amount = getattr(delta, field)
-        values[column] = max(0, amount) if column == "reserved_credits_micro" else amount
+def _upsert(dialect: str) -> Prepared:
+    """Insert the row with the deltas as its values, or add them to the existing row (adding zero to a
+    column changes nothing, so one statement serves every delta)."""
     insert = (pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert)(quota_usage)
-    stmt = insert.values(**values)
-    updates: dict[str, Any] = {"updated_at": stmt.excluded.updated_at}
-    for field, column in _DELTA_COLUMNS:
-        amount = int(getattr(delta, field))
-        if amount == 0:
-            continue
+    columns = ["id", "tenant_id", "user_id", "period_type", "period_start", "bucket", "updated_at"]
+    columns += [column for _, column in _DELTA_COLUMNS]
+    statement = insert.values({name: sa.bindparam(name, type_=quota_usage.c[name].type) for name in columns})
+    updates: dict[str, Any] = {"updated_at": statement.excluded.updated_at}
+    for _, column in _DELTA_COLUMNS:
         current = quota_usage.c[column]
-        if column == "reserved_credits_micro" and amount < 0:
-            updates[column] = sa.case((current + amount < 0, 0), else_=current + amount)
-        else:
-            updates[column] = current + amount
-    return stmt.on_conflict_do_update(index_elements=list(_KEY_COLUMNS), set_=updates)
+        added = current + sa.bindparam(f"add_{column}", type_=sa.BigInteger())
+        # A release never takes the reserve below zero (see apply_deltas).
+        updates[column] = (
+            sa.case((added < 0, 0), else_=added) if column == "reserved_credits_micro" else added
+        )
+    return Prepared(
+        statement.on_conflict_do_update(index_elements=list(_KEY_COLUMNS), set_=updates),
+        f"usage upsert ({dialect})",
+    )
+
+
+_UPSERTS: Final = {dialect: _upsert(dialect) for dialect in ("sqlite", "postgresql")}
 
 
 async def reserved_total(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -21,8 +21,10 @@ import databases
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos.common import as_utc, as_uuid
 from minichat_host.db.tables import (
+    UtcDateTime,
     attachments,
     chat_turns,
     chat_vector_stores,
@@ -183,12 +185,15 @@ async def insert_turn(
     }
     if preflight is not None:
         values.update(preflight.values())
-    await _insert_or_conflict(db, chat_turns.insert().values(**values))
+    await _insert_or_conflict(_INSERT_TURN.execute(db, **values))
 
 
-async def _insert_or_conflict(db: databases.Database, statement: sa.ClauseElement) -> None:
+_INSERT_TURN = Prepared(chat_turns.insert(), "insert turn")
+
+
+async def _insert_or_conflict(insert: Awaitable[None]) -> None:
     try:
-        await db.execute(statement)
+        await insert
     except Exception as exc:
         if is_unique_violation(exc):
             raise TurnConflict(str(exc)) from exc
@@ -208,8 +213,35 @@ async def backfill_preflight(
     return row is not None
 
 
+_GET_TURN = Prepared(sa.select(*_TURN_COLUMNS).where(chat_turns.c.id == sa.bindparam("turn_id")), "get turn")
+_TURN_BY_REQUEST = Prepared(
+    sa.select(*_TURN_COLUMNS).where(
+        chat_turns.c.chat_id == sa.bindparam("chat_id"), chat_turns.c.request_id == sa.bindparam("request_id")
+    ),
+    "turn by request",
+)
+_RUNNING_TURN = Prepared(
+    sa.select(*_TURN_COLUMNS).where(
+        chat_turns.c.chat_id == sa.bindparam("chat_id"),
+        chat_turns.c.state == "running",
+        chat_turns.c.deleted_at.is_(None),
+    ),
+    "running turn",
+)
+_LATEST_LIVE_TURN = (
+    sa.select(*_TURN_COLUMNS)
+    .where(chat_turns.c.chat_id == sa.bindparam("chat_id"), chat_turns.c.deleted_at.is_(None))
+    .order_by(chat_turns.c.started_at.desc(), chat_turns.c.id.desc())
+    .limit(1)
+)
+_LATEST_LIVE = {
+    False: Prepared(_LATEST_LIVE_TURN, "latest live turn"),
+    True: Prepared(_LATEST_LIVE_TURN.with_for_update(), "latest live turn for update"),
+}
+
+
 async def get_turn(db: databases.Database, turn_id: uuid.UUID) -> TurnRow | None:
-    record = await db.fetch_one(sa.select(*_TURN_COLUMNS).where(chat_turns.c.id == turn_id))
+    record = await _GET_TURN.fetch_one(db, turn_id=turn_id)
     return TurnRow.from_record(record) if record is not None else None
 
 
@@ -217,23 +249,13 @@ async def find_by_request(
     db: databases.Database, chat_id: uuid.UUID, request_id: uuid.UUID
 ) -> TurnRow | None:
     """The turn of (chat_id, request_id), soft-deleted ones included (a request_id is never reused)."""
-    record = await db.fetch_one(
-        sa.select(*_TURN_COLUMNS).where(
-            chat_turns.c.chat_id == chat_id, chat_turns.c.request_id == request_id
-        )
-    )
+    record = await _TURN_BY_REQUEST.fetch_one(db, chat_id=chat_id, request_id=request_id)
     return TurnRow.from_record(record) if record is not None else None
 
 
 async def find_running(db: databases.Database, chat_id: uuid.UUID) -> TurnRow | None:
     """The chat's live running turn, if any (at most one: a partial unique index)."""
-    record = await db.fetch_one(
-        sa.select(*_TURN_COLUMNS).where(
-            chat_turns.c.chat_id == chat_id,
-            chat_turns.c.state == "running",
-            chat_turns.c.deleted_at.is_(None),
-        )
-    )
+    record = await _RUNNING_TURN.fetch_one(db, chat_id=chat_id)
     return TurnRow.from_record(record) if record is not None else None
 
 
@@ -241,15 +263,7 @@ async def latest_live_turn(
     db: databases.Database, chat_id: uuid.UUID, *, for_update: bool = False
 ) -> TurnRow | None:
     """The chat's newest live turn by (started_at, id), locked on PostgreSQL when `for_update`."""
-    query = (
-        sa.select(*_TURN_COLUMNS)
-        .where(chat_turns.c.chat_id == chat_id, chat_turns.c.deleted_at.is_(None))
-        .order_by(chat_turns.c.started_at.desc(), chat_turns.c.id.desc())
-        .limit(1)
-    )
-    if for_update:
-        query = query.with_for_update()
-    record = await db.fetch_one(query)
+    record = await _LATEST_LIVE[for_update].fetch_one(db, chat_id=chat_id)
     return TurnRow.from_record(record) if record is not None else None
 
 
@@ -273,13 +287,17 @@ async def cas_finish(
     }
     if provider_response_id is not None:
         values["provider_response_id"] = provider_response_id
-    row = await db.fetch_one(
-        chat_turns.update()
-        .where(chat_turns.c.id == turn_id, chat_turns.c.state == "running")
-        .values(**values)
-        .returning(chat_turns.c.id)
-    )
+    row = await _UPDATE_RUNNING_TURN.fetch_one(db, b_turn_id=turn_id, **values)
     return row is not None
+
+
+# Columns set are those given (b_turn_id names the turn); the RETURNING row says the turn was running.
+_UPDATE_RUNNING_TURN = Prepared(
+    chat_turns.update()
+    .where(chat_turns.c.id == sa.bindparam("b_turn_id"), chat_turns.c.state == "running")
+    .returning(chat_turns.c.id),
+    "update running turn",
+)
 
 
 async def cas_orphan(
@@ -317,20 +335,21 @@ async def find_stale_running(
     return [TurnRow.from_record(r) for r in records]
 
 
+_SET_ASSISTANT_MESSAGE = Prepared(
+    chat_turns.update()
+    .where(chat_turns.c.id == sa.bindparam("b_turn_id"))
+    .values(assistant_message_id=sa.bindparam("message_id")),
+    "set assistant message",
+)
+
+
 async def set_assistant_message(db: databases.Database, turn_id: uuid.UUID, message_id: uuid.UUID) -> None:
-    await db.execute(
-        chat_turns.update().where(chat_turns.c.id == turn_id).values(assistant_message_id=message_id)
-    )
+    await _SET_ASSISTANT_MESSAGE.execute(db, b_turn_id=turn_id, message_id=message_id)
 
 
 async def touch_progress(db: databases.Database, turn_id: uuid.UUID, now: dt.datetime) -> bool:
     """Record progress of a running turn (the watchdog's staleness clock); False when it is not running."""
-    row = await db.fetch_one(
-        chat_turns.update()
-        .where(chat_turns.c.id == turn_id, chat_turns.c.state == "running")
-        .values(last_progress_at=now)
-        .returning(chat_turns.c.id)
-    )
+    row = await _UPDATE_RUNNING_TURN.fetch_one(db, b_turn_id=turn_id, last_progress_at=now)
     return row is not None
 
 
@@ -407,8 +426,8 @@ async def insert_user_message(
 ) -> None:
     """Insert the user message of a turn; `TurnConflict` when the request already has a live one."""
     await _insert_or_conflict(
-        db,
-        messages.insert().values(
+        _INSERT_MESSAGE.execute(
+            db,
             id=message_id,
             tenant_id=tenant_id,
             chat_id=chat_id,
@@ -417,8 +436,11 @@ async def insert_user_message(
             content=content,
             token_estimate=token_estimate,
             created_at=now,
-        ),
+        )
     )
+
+
+_INSERT_MESSAGE = Prepared(messages.insert(), "insert message")
 
 
 async def insert_assistant_message(
@@ -440,30 +462,53 @@ async def insert_assistant_message(
     features_used: Sequence[str],
     now: dt.datetime,
 ) -> None:
-    await db.execute(
-        messages.insert().values(
-            id=message_id,
-            tenant_id=tenant_id,
-            chat_id=chat_id,
-            request_id=request_id,
-            role="assistant",
-            content=content,
-            token_estimate=token_estimate,
-            provider_response_id=provider_response_id,
-            features_used=list(features_used),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_input_tokens=cache_read_input_tokens,
-            cache_write_input_tokens=cache_write_input_tokens,
-            reasoning_tokens=reasoning_tokens,
-            model=model,
-            created_at=now,
-        )
+    await _INSERT_MESSAGE.execute(
+        db,
+        id=message_id,
+        tenant_id=tenant_id,
+        chat_id=chat_id,
+        request_id=request_id,
+        role="assistant",
+        content=content,
+        token_estimate=token_estimate,
+        provider_response_id=provider_response_id,
+        features_used=list(features_used),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_input_tokens=cache_read_input_tokens,
+        cache_write_input_tokens=cache_write_input_tokens,
+        reasoning_tokens=reasoning_tokens,
+        model=model,
+        created_at=now,
     )
 
 
+_GET_MESSAGE = Prepared(
+    sa.select(*_MESSAGE_COLUMNS).where(messages.c.id == sa.bindparam("message_id")), "get message"
+)
+_NEWEST_LIVE_MESSAGE = Prepared(
+    sa.select(*_MESSAGE_COLUMNS)
+    .where(messages.c.chat_id == sa.bindparam("chat_id"), messages.c.deleted_at.is_(None))
+    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    .limit(1),
+    "newest live message",
+)
+_PRIOR_CONTEXT_TOKENS = Prepared(
+    sa.select(messages.c.input_tokens, messages.c.output_tokens)
+    .where(
+        messages.c.chat_id == sa.bindparam("chat_id"),
+        messages.c.role == "assistant",
+        messages.c.deleted_at.is_(None),
+        sa.or_(messages.c.input_tokens > 0, messages.c.output_tokens > 0),
+    )
+    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    .limit(1),
+    "prior context tokens",
+)
+
+
 async def get_message(db: databases.Database, message_id: uuid.UUID) -> MessageRow | None:
-    record = await db.fetch_one(sa.select(*_MESSAGE_COLUMNS).where(messages.c.id == message_id))
+    record = await _GET_MESSAGE.fetch_one(db, message_id=message_id)
     return MessageRow.from_record(record) if record is not None else None
 
 
@@ -484,28 +529,13 @@ async def user_message_of(
 
 async def newest_live_message(db: databases.Database, chat_id: uuid.UUID) -> MessageRow | None:
     """The snapshot boundary: the chat's newest live message by (created_at, id)."""
-    record = await db.fetch_one(
-        sa.select(*_MESSAGE_COLUMNS)
-        .where(messages.c.chat_id == chat_id, messages.c.deleted_at.is_(None))
-        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-        .limit(1)
-    )
+    record = await _NEWEST_LIVE_MESSAGE.fetch_one(db, chat_id=chat_id)
     return MessageRow.from_record(record) if record is not None else None
 
 
 async def prior_context_tokens(db: databases.Database, chat_id: uuid.UUID) -> int:
     """input + output tokens of the newest live assistant message that reported any tokens."""
-    record = await db.fetch_one(
-        sa.select(messages.c.input_tokens, messages.c.output_tokens)
-        .where(
-            messages.c.chat_id == chat_id,
-            messages.c.role == "assistant",
-            messages.c.deleted_at.is_(None),
-            sa.or_(messages.c.input_tokens > 0, messages.c.output_tokens > 0),
-        )
-        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-        .limit(1)
-    )
+    record = await _PRIOR_CONTEXT_TOKENS.fetch_one(db, chat_id=chat_id)
     if record is None:
         return 0
     return int(record["input_tokens"]) + int(record["output_tokens"])
@@ -517,20 +547,6 @@ class Boundary:
 
     created_at: dt.datetime
     message_id: uuid.UUID
-
-
-def _after(position: Boundary) -> sa.ColumnElement[bool]:
-    return sa.or_(
-        messages.c.created_at > position.created_at,
-        sa.and_(messages.c.created_at == position.created_at, messages.c.id > position.message_id),
-    )
-
-
-def _at_or_before(position: Boundary) -> sa.ColumnElement[bool]:
-    return sa.or_(
-        messages.c.created_at < position.created_at,
-        sa.and_(messages.c.created_at == position.created_at, messages.c.id <= position.message_id),
-    )
 
 
 async def context_history(
@@ -548,21 +564,58 @@ async def context_history(
     when a row dated after it moved the boundary past it."""
     if boundary is None or limit <= 0:
         return []
+    values: dict[str, Any] = {
+        "chat_id": chat_id,
+        "boundary_at": boundary.created_at,
+        "boundary_id": boundary.message_id,
+        "limit": limit,
+    }
+    if frontier is not None:
+        values["frontier_at"], values["frontier_id"] = frontier.created_at, frontier.message_id
+    if exclude_request_id is not None:
+        values["exclude_request_id"] = exclude_request_id
+    statement = _CONTEXT_HISTORY[frontier is not None, exclude_request_id is not None]
+    records = await statement.fetch_all(db, **values)
+    return [MessageRow.from_record(r) for r in reversed(records)]
+
+
+def _context_history(with_frontier: bool, with_exclusion: bool) -> Prepared:
     query = sa.select(*_MESSAGE_COLUMNS).where(
-        messages.c.chat_id == chat_id,
+        messages.c.chat_id == sa.bindparam("chat_id"),
         messages.c.deleted_at.is_(None),
         messages.c.request_id.is_not(None),
         messages.c.is_compressed.is_(False),
-        _at_or_before(boundary),
+        _position_or(
+            messages.c.created_at < sa.bindparam("boundary_at", type_=UtcDateTime),
+            messages.c.created_at == sa.bindparam("boundary_at", type_=UtcDateTime),
+            messages.c.id <= sa.bindparam("boundary_id", type_=sa.Uuid),
+        ),
     )
-    if frontier is not None:
-        query = query.where(_after(frontier))
-    if exclude_request_id is not None:
-        query = query.where(messages.c.request_id != exclude_request_id)
-    records = await db.fetch_all(
-        query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
-    )
-    return [MessageRow.from_record(r) for r in reversed(records)]
+    if with_frontier:
+        query = query.where(
+            _position_or(
+                messages.c.created_at > sa.bindparam("frontier_at", type_=UtcDateTime),
+                messages.c.created_at == sa.bindparam("frontier_at", type_=UtcDateTime),
+                messages.c.id > sa.bindparam("frontier_id", type_=sa.Uuid),
+            )
+        )
+    if with_exclusion:
+        query = query.where(messages.c.request_id != sa.bindparam("exclude_request_id"))
+    query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(sa.bindparam("limit"))
+    return Prepared(query, f"context history (frontier={with_frontier}, exclusion={with_exclusion})")
+
+
+def _position_or(
+    strictly: sa.ColumnElement[bool], same_time: sa.ColumnElement[bool], tiebreak: sa.ColumnElement[bool]
+) -> sa.ColumnElement[bool]:
+    return sa.or_(strictly, sa.and_(same_time, tiebreak))
+
+
+_CONTEXT_HISTORY = {
+    (frontier, exclusion): _context_history(frontier, exclusion)
+    for frontier in (False, True)
+    for exclusion in (False, True)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,15 +625,19 @@ class SummaryRow:
     frontier: Boundary
 
 
+_THREAD_SUMMARY = Prepared(
+    sa.select(
+        thread_summaries.c.summary_text,
+        thread_summaries.c.token_estimate,
+        thread_summaries.c.summarized_up_to_created_at,
+        thread_summaries.c.summarized_up_to_message_id,
+    ).where(thread_summaries.c.chat_id == sa.bindparam("chat_id")),
+    "thread summary",
+)
+
+
 async def thread_summary(db: databases.Database, chat_id: uuid.UUID) -> SummaryRow | None:
-    record = await db.fetch_one(
-        sa.select(
-            thread_summaries.c.summary_text,
-            thread_summaries.c.token_estimate,
-            thread_summaries.c.summarized_up_to_created_at,
-            thread_summaries.c.summarized_up_to_message_id,
-        ).where(thread_summaries.c.chat_id == chat_id)
-    )
+    record = await _THREAD_SUMMARY.fetch_one(db, chat_id=chat_id)
     if record is None:
         return None
     return SummaryRow(
@@ -683,23 +740,30 @@ async def link_attachments(
 
 async def ready_documents(db: databases.Database, chat_id: uuid.UUID) -> list[AttachmentRow]:
     """The chat's live, ready document attachments (file search / code interpreter inputs)."""
-    records = await db.fetch_all(
-        sa.select(*_ATTACHMENT_COLUMNS)
-        .where(
-            attachments.c.chat_id == chat_id,
-            attachments.c.deleted_at.is_(None),
-            attachments.c.status == "ready",
-            attachments.c.attachment_kind == "document",
-        )
-        .order_by(attachments.c.created_at, attachments.c.id)
-    )
+    records = await _READY_DOCUMENTS.fetch_all(db, chat_id=chat_id)
     return [AttachmentRow.from_record(r) for r in records]
 
 
-async def vector_store_id(db: databases.Database, tenant_id: uuid.UUID, chat_id: uuid.UUID) -> str | None:
-    value = await db.fetch_val(
-        sa.select(chat_vector_stores.c.vector_store_id).where(
-            chat_vector_stores.c.tenant_id == tenant_id, chat_vector_stores.c.chat_id == chat_id
-        )
+_READY_DOCUMENTS = Prepared(
+    sa.select(*_ATTACHMENT_COLUMNS)
+    .where(
+        attachments.c.chat_id == sa.bindparam("chat_id"),
+        attachments.c.deleted_at.is_(None),
+        attachments.c.status == "ready",
+        attachments.c.attachment_kind == "document",
     )
+    .order_by(attachments.c.created_at, attachments.c.id),
+    "ready documents",
+)
+_VECTOR_STORE_ID = Prepared(
+    sa.select(chat_vector_stores.c.vector_store_id).where(
+        chat_vector_stores.c.tenant_id == sa.bindparam("tenant_id"),
+        chat_vector_stores.c.chat_id == sa.bindparam("chat_id"),
+    ),
+    "vector store id",
+)
+
+
+async def vector_store_id(db: databases.Database, tenant_id: uuid.UUID, chat_id: uuid.UUID) -> str | None:
+    value = await _VECTOR_STORE_ID.fetch_val(db, tenant_id=tenant_id, chat_id=chat_id)
     return str(value) if value else None

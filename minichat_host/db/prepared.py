@@ -1,0 +1,112 @@
+"""Prepared statements: built and compiled once, then run with new values only.
+
+Building a SQLAlchemy Core statement costs ~100-150 µs and looking it up in the compiled cache (its cache
+key) more; the SQLite query itself is ~10 µs. The statements of the hot paths - a turn's start and
+finalization, the hot JSON endpoints - are therefore written once, at import, with named bind parameters
+(`sa.bindparam("chat_id")`, or the columns of an `insert()` / `update()` without values), and run with a
+dict of values. The compiled form (SQL text, the order of the positional parameters, their bind
+processors, the result metadata) is kept per dialect and, for INSERT/UPDATE, per set of columns given.
+
+Only statements whose SQL does not depend on the values can be prepared: an expanding `IN` list cannot
+(use `in_values` and an ordinary statement for those).
+
+    _GET_CHAT = Prepared(sa.select(chats.c.title).where(chats.c.id == sa.bindparam("chat_id")))
+    row = await _GET_CHAT.fetch_one(db, chat_id=chat_id)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert, Update
+
+Mode = Literal["all", "one", "execute"]
+
+
+class PreparedRunner(Protocol):
+    """A `databases.Database` or connection opened by `connect_database` (db/engine.py)."""
+
+    async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any: ...
+
+
+@dataclass(slots=True)
+class CompiledForm:
+    """What a backend keeps of one compilation (filled in further by the backend on first use)."""
+
+    compiled: SQLCompiler
+    # Values written into the statement itself (`state == "running"`): bound like the caller's values.
+    fixed: dict[str, Any] = field(default_factory=dict)
+    derived: dict[str, Any] = field(default_factory=dict)
+
+
+class Prepared:
+    """One statement with named bind parameters; see the module docstring."""
+
+    __slots__ = ("_columns_from_values", "_forms", "name", "statement")
+
+    def __init__(self, statement: ClauseElement, name: str = "") -> None:
+        self.statement = statement
+        self.name = name
+        self._forms: dict[tuple[str, frozenset[str] | None], CompiledForm] = {}
+        # INSERT / UPDATE written without .values(): the columns set are those a call gives values for.
+        self._columns_from_values = isinstance(statement, Insert | Update) and not statement._values
+
+    def column_keys(self, values: Mapping[str, Any]) -> frozenset[str] | None:
+        return frozenset(values) if self._columns_from_values else None
+
+    def form(self, dialect: Dialect, column_keys: frozenset[str] | None) -> CompiledForm:
+        """The compiled form for `dialect` (and, for INSERT/UPDATE without values, these columns)."""
+        key = (dialect.name, column_keys)
+        found = self._forms.get(key)
+        if found is None:
+            compiled = self.statement.compile(
+                dialect=dialect, column_keys=sorted(column_keys) if column_keys is not None else None
+            )
+            if not isinstance(compiled, SQLCompiler):
+                raise TypeError(f"cannot prepare {type(self.statement).__name__}")
+            if compiled.literal_execute_params or compiled.post_compile_params:
+                raise ValueError(f"statement {self.name or self.statement} depends on its values")
+            fixed = {
+                name: bind.effective_value for bind, name in compiled.bind_names.items() if not bind.required
+            }
+            found = self._forms[key] = CompiledForm(compiled, fixed)
+        return found
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.name or str(self.statement)!r})"
+
+    async def fetch_all(self, runner: Any, **values: Any) -> list[Any]:
+        result: list[Any] = await _runner(runner).run_prepared(self, values, "all")
+        return result
+
+    async def fetch_one(self, runner: Any, **values: Any) -> Any:
+        return await _runner(runner).run_prepared(self, values, "one")
+
+    async def fetch_val(self, runner: Any, **values: Any) -> Any:
+        row = await _runner(runner).run_prepared(self, values, "one")
+        return None if row is None else row[0]
+
+    async def execute(self, runner: Any, **values: Any) -> None:
+        await _runner(runner).run_prepared(self, values, "execute")
+
+
+def _runner(runner: Any) -> PreparedRunner:
+    if not hasattr(runner, "run_prepared"):
+        raise TypeError(f"{type(runner).__name__} cannot run prepared statements (use connect_database)")
+    return runner  # type: ignore[no-any-return]
+
+
+def bind_args(form: CompiledForm, names: Any, values: Mapping[str, Any]) -> list[Any]:
+    """The positional arguments for `names`, each through its bind processor (e.g. UUID → hex on SQLite)."""
+    processors: Any = form.compiled._bind_processors
+    if form.fixed:
+        values = {**form.fixed, **values}
+    try:
+        return [processors[name](values[name]) if name in processors else values[name] for name in names]
+    except KeyError as exc:
+        raise KeyError(f"missing value for bind parameter {exc.args[0]!r}") from None
