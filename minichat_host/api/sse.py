@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from minichat_host.api.problems import REQUEST_ID_KEY
@@ -33,19 +35,75 @@ SEND_TIMEOUT_SECONDS: Final = 120.0
 _encoder = msgspec.json.Encoder()
 
 
-class _DisconnectWatch:
-    """Detach the stream as soon as the client's connection is gone, even while nothing is written.
+# A frame goes straight to the socket when little is queued in user space; only a client that has stopped
+# reading (a backlog in the transport) makes a write wait for the drain, and that wait has the send timeout.
+_QUEUED_BYTES_WITHOUT_TIMEOUT: Final = 32 * 1024
 
-    A timer that re-arms itself rather than a task per stream: a sleeping task costs its coroutine frames
+
+class _SseResponse(EventSourceResponse):
+    """aiohttp-sse's response (headers, chunked, POST allowed, TCP_USER_TIMEOUT for a hung peer) writing
+    pre-encoded frames, without the per-response ping task and the per-write timeout.
+
+    Per token, `EventSourceResponse.send` builds the frame through a StringIO and a line-splitting regex
+    and arms a send timeout, and every response runs a ping task; on the relay path that was a fifth of the
+    CPU per chunk and ~3 KiB per open stream (bench/stream.py, bench/memory.py). The keep-alive comments
+    are written by `_StreamWatch` instead, only when a stream has been quiet for the interval.
+    """
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__(
+            headers=headers,
+            sep="\n",
+            allow_all_methods=True,
+            send_timeout=SEND_TIMEOUT_SECONDS,
+            ping_interval=COMMENT_KEEPALIVE_SECONDS,
+        )
+        self.last_write = time.monotonic()
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return self._payload_writer
+        self._set_tcp_user_timeout(request)
+        writer = await web.StreamResponse.prepare(self, request)
+        self.enable_chunked_encoding()
+        return writer
+
+    async def send_frame(self, event: str, data: bytes) -> None:
+        await self.send_raw(b"event: " + event.encode("ascii") + b"\ndata: " + data + b"\n\n")
+
+    async def send_raw(self, payload: bytes) -> None:
+        transport = self._req.transport if self._req is not None else None
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client is gone")
+        self.last_write = time.monotonic()
+        if transport.get_write_buffer_size() + len(payload) < _QUEUED_BYTES_WITHOUT_TIMEOUT:
+            await self.write(payload)
+            return
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                await self.write(payload)
+        except TimeoutError:
+            self._abort_transport()
+            raise
+
+
+class _StreamWatch:
+    """Every `DISCONNECT_POLL_SECONDS`: detach the stream as soon as the client's connection is gone (even
+    while nothing is written), and write a `: ping` comment when the stream has been quiet for
+    `COMMENT_KEEPALIVE_SECONDS`.
+
+    A timer that re-arms itself rather than tasks per stream: a sleeping task costs its coroutine frames
     (bench/memory.py counts RSS per idle stream), a timer handle a few hundred bytes.
     """
 
-    __slots__ = ("_handle", "_request", "_stream")
+    __slots__ = ("_handle", "_ping", "_request", "_response", "_stream")
 
-    def __init__(self, request: web.Request, stream: TurnStream) -> None:
+    def __init__(self, request: web.Request, response: _SseResponse, stream: TurnStream) -> None:
         self._request = request
+        self._response = response
         self._stream = stream
         self._handle: asyncio.TimerHandle | None = None
+        self._ping: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL_SECONDS, self._check)
@@ -54,6 +112,9 @@ class _DisconnectWatch:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._ping is not None:
+            self._ping.cancel()
+            self._ping = None
 
     def _check(self) -> None:
         transport = self._request.transport
@@ -61,7 +122,19 @@ class _DisconnectWatch:
             self._handle = None
             self._stream.detach()
             return
+        quiet = time.monotonic() - self._response.last_write
+        if quiet >= COMMENT_KEEPALIVE_SECONDS and (self._ping is None or self._ping.done()):
+            self._ping = asyncio.create_task(self._send_ping())
         self.start()
+
+    async def _send_ping(self) -> None:
+        try:
+            await self._response.send_raw(_PING_COMMENT)
+        except (ConnectionError, TimeoutError, RuntimeError):
+            self._stream.detach()
+
+
+_PING_COMMENT: Final = b": ping\n\n"
 
 
 async def write_sse(request: web.Request, stream: TurnStream) -> web.StreamResponse:
@@ -70,25 +143,19 @@ async def write_sse(request: web.Request, stream: TurnStream) -> web.StreamRespo
     trace_id = request.get(REQUEST_ID_KEY)
     if isinstance(trace_id, str):
         headers["X-Request-Id"] = trace_id
-    response = EventSourceResponse(
-        headers=headers,
-        sep="\n",
-        allow_all_methods=True,
-        send_timeout=SEND_TIMEOUT_SECONDS,
-        ping_interval=COMMENT_KEEPALIVE_SECONDS,
-    )
+    response = _SseResponse(headers)
     finished = False
-    watcher = _DisconnectWatch(request, stream)
+    watcher = _StreamWatch(request, response, stream)
     try:
         await response.prepare(request)
         watcher.start()
-        async with response:
-            async for frame in stream.frames():
-                await response.send(_encoder.encode(frame.data).decode("utf-8"), event=frame.event)
-                if frame.is_terminal:
-                    finished = True
-                    break
+        async for frame in stream.frames():
+            await response.send_frame(frame.event, _encoder.encode(frame.data))
+            if frame.is_terminal:
+                finished = True
+                break
         if finished:
+            watcher.stop()  # no ping may follow the terminal event
             await response.write_eof()
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         # The client went away (reset, stalled past the send timeout, or a write after the transport closed).

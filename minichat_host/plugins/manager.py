@@ -126,6 +126,9 @@ class Resolution:
         return result
 
 
+_PlanKey = tuple[str, str, str | None, frozenset[str]]
+
+
 class PluginHost:
     """Loads plugins, validates their settings, resolves capabilities and calls their hooks."""
 
@@ -142,6 +145,11 @@ class PluginHost:
         self._records: dict[str, _PluginRecord] = {}
         self._order = 0
         self._resolved: dict[tuple[str, str | None], Resolution] = {}
+        # (capability, hook, provider_id, argument names) → (plugin name, function, arguments it accepts):
+        # the checks of `call` run once per shape of call, not on every turn. Cleared with `_resolved`.
+        self._call_plans: dict[
+            tuple[str, str, str | None, frozenset[str]], tuple[str, Any, frozenset[str]]
+        ] = {}
         self._started = False
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
@@ -223,6 +231,7 @@ class PluginHost:
         )
         self._records[name] = record
         self._resolved.clear()
+        self._call_plans.clear()
         return record
 
     # --- runtime registration -------------------------------------------------------------------
@@ -258,6 +267,7 @@ class PluginHost:
         record = self._records.pop(name)
         self._pm.unregister(name=name)
         self._resolved.clear()
+        self._call_plans.clear()
         return record
 
     def is_registered(self, name: str) -> bool:
@@ -312,6 +322,7 @@ class PluginHost:
             record.capabilities = self._accept_capabilities(record, declared)
             record.ready = True
         self._resolved.clear()
+        self._call_plans.clear()
 
     def _setup_now(self, record: _PluginRecord) -> None:
         """Synchronous `_setup` for `register()` after start: set-up hooks may not return awaitables."""
@@ -346,6 +357,7 @@ class PluginHost:
         record.capabilities = self._accept_capabilities(record, run("minichat_capabilities", {}))
         record.ready = True
         self._resolved.clear()
+        self._call_plans.clear()
 
     def _configure_kwargs(self, record: _PluginRecord) -> dict[str, Any]:
         return {"settings": record.settings, "config": self._config, "data_dir": self._config.data_dir()}
@@ -571,6 +583,15 @@ class PluginHost:
         PluginTimeout; everything the plugin raises propagates unchanged.
         """
         hook_name = hook if hook.startswith("minichat_") else f"minichat_{hook}"
+        seconds = timeout if timeout is not None else self._config.plugins.hook_timeout_seconds
+        plan_key = (capability, hook_name, provider_id, frozenset(kwargs))
+        plan = self._call_plans.get(plan_key)
+        if plan is not None:
+            plugin_name, function, accepted = plan
+            if capability == constants.CAP_STORAGE:
+                kwargs["provider_id"] = provider_id
+            arguments = {k: v for k, v in kwargs.items() if k in accepted}
+            return await self._invoke(plugin_name, hook_name, function, arguments, seconds)
         if capability not in CAPABILITY_HOOKS:
             raise ValueError(f"unknown capability {capability!r}; known: {', '.join(CAPABILITY_HOOKS)}")
         if hook_name not in CAPABILITY_HOOKS[capability]:
@@ -593,7 +614,11 @@ class PluginHost:
         missing = [a for a in impl.argnames if a not in kwargs]
         if missing:
             raise TypeError(f"{hook_name} call is missing argument(s) {', '.join(missing)}")
-        seconds = timeout if timeout is not None else self._config.plugins.hook_timeout_seconds
+        self._call_plans[plan_key] = (
+            record.name,
+            impl.function,
+            frozenset(impl.argnames) | frozenset(impl.kwargnames),
+        )
         return await self._invoke(
             record.name, hook_name, impl.function, self._accepted_kwargs(impl, kwargs), seconds
         )

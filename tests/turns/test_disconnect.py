@@ -8,8 +8,10 @@ import uuid
 from typing import Any
 
 import msgspec
+import pytest
 from fakes.openai_server import Script
 
+from minichat_host.api import sse
 from minichat_host.domain.credits import credits_micro
 from turns.conftest import PREFIX, Harness
 
@@ -160,3 +162,26 @@ async def test_app_watchdog_takes_a_stalled_turn(make_harness: Any) -> None:
     await harness.delivered(1)
     await harness.outbox.run_once()
     assert len(harness.recorder.usage) == 1 and len(harness.recorder.turn_audits()) == 1
+
+
+async def test_a_quiet_stream_gets_keepalive_comments_then_finishes(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After the first token the domain sends no more `ping` events; a stream that stays quiet longer than the
+    # keep-alive interval gets `: ping` comments (SSE clients ignore them) so proxies keep it open.
+    monkeypatch.setattr(sse, "COMMENT_KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(sse, "DISCONNECT_POLL_SECONDS", 0.05)
+    chat_id = await harness.create_chat("fake-standard")
+    harness.fake.script(Script(text="one two", stall_at=1, stall_seconds=1.2))
+    response = await harness.client.post(
+        f"{PREFIX}/chats/{chat_id}/messages:stream",
+        json={"content": "hello", "request_id": str(uuid.uuid4())},
+    )
+    body = (await response.read()).decode()
+    blocks = [block for block in body.split("\n\n") if block]
+    first_delta = next(i for i, block in enumerate(blocks) if block.startswith("event: delta"))
+    comments = [i for i, block in enumerate(blocks) if block == ": ping"]
+    assert len(comments) >= 2 and all(i > first_delta for i in comments)
+    assert blocks[-1].startswith("event: done")  # nothing after the terminal event
+    events = [block.split("\n")[0] for block in blocks if not block.startswith(":")]
+    assert events[0] == "event: stream_started" and events.count("event: done") == 1
