@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
 
+from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos.common import Executor, as_utc, as_uuid
-from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, fetch_keyset_page
+from minichat_host.db.repos.pagination import (
+    KeysetListing,
+    KeysetOrder,
+    PageCursor,
+    fetch_keyset_page,
+)
+from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read
 from minichat_host.db.tables import chats, messages
 
 # Newest first, the original's default; the ascending variant serves `$orderby=updated_at asc`.
@@ -60,22 +68,75 @@ _CHAT_COLUMNS: Final = (
 )
 
 
-def _message_count() -> sa.Label[int]:
-    return (
-        sa.select(sa.func.count())
-        .select_from(messages)
-        .where(
-            messages.c.chat_id == chats.c.id,
-            messages.c.deleted_at.is_(None),
-            messages.c.request_id.is_not(None),
-        )
-        .scalar_subquery()
-        .label("message_count")
+# The chat's visible messages, correlated to the chat row of the enclosing query.
+_MESSAGE_COUNT: Final = (
+    sa.select(sa.func.count())
+    .select_from(messages)
+    .where(
+        messages.c.chat_id == chats.c.id,
+        messages.c.deleted_at.is_(None),
+        messages.c.request_id.is_not(None),
     )
+    .scalar_subquery()
+    .label("message_count")
+)
 
 
 def _owned_live(tenant_id: uuid.UUID, user_id: uuid.UUID) -> sa.ColumnElement[bool]:
     return sa.and_(chats.c.tenant_id == tenant_id, chats.c.user_id == user_id, chats.c.deleted_at.is_(None))
+
+
+# The same scope with named bind parameters, for the prepared statements (db/prepared.py).
+_OWNED_LIVE: Final = sa.and_(
+    chats.c.tenant_id == sa.bindparam("tenant_id"),
+    chats.c.user_id == sa.bindparam("user_id"),
+    chats.c.deleted_at.is_(None),
+)
+# What the prepared reads select: the owner's columns are known from the scope, and every UUID read costs.
+_OWNED_CHAT_COLUMNS: Final = (
+    chats.c.id,
+    chats.c.model,
+    chats.c.title,
+    chats.c.is_temporary,
+    utc_read(chats.c.created_at),
+    utc_read(chats.c.updated_at),
+)
+_GET_LIVE_QUERY: Final = sa.select(*_OWNED_CHAT_COLUMNS).where(
+    chats.c.id == sa.bindparam("chat_id"), _OWNED_LIVE
+)
+_GET_LIVE: Final = {
+    False: Prepared(_GET_LIVE_QUERY, "live chat"),
+    True: Prepared(_GET_LIVE_QUERY.with_for_update(), "live chat for update"),
+}
+_GET_LIVE_COUNTED: Final = Prepared(
+    sa.select(*_OWNED_CHAT_COLUMNS, _MESSAGE_COUNT).where(chats.c.id == sa.bindparam("chat_id"), _OWNED_LIVE),
+    "live chat with message count",
+)
+_LISTING: Final = KeysetListing(
+    "chats", columns=(*_OWNED_CHAT_COLUMNS, _MESSAGE_COUNT), table=chats, scope=_OWNED_LIVE
+)
+
+
+def _owned_chat(tenant_id: uuid.UUID, user_id: uuid.UUID, values: Sequence[Any]) -> ChatRecord:
+    """A chat of this owner from the values of _OWNED_CHAT_COLUMNS, in order (a prepared statement's
+    `row.values()`; the statement's scope made its tenant and user these)."""
+    id_, model, title, is_temporary, created_at, updated_at = values[:6]
+    return ChatRecord(
+        id=fast_uuid(id_),
+        tenant_id=tenant_id,
+        user_id=user_id,
+        model=model,
+        title=title,
+        is_temporary=bool(is_temporary),
+        created_at=fast_utc(created_at),
+        updated_at=fast_utc(updated_at),
+    )
+
+
+def _owned_counted(tenant_id: uuid.UUID, user_id: uuid.UUID, row: Any) -> CountedChat:
+    """A chat and its count from a row of _OWNED_CHAT_COLUMNS + _MESSAGE_COUNT."""
+    values = row.values()
+    return CountedChat(chat=_owned_chat(tenant_id, user_id, values), message_count=int(values[6] or 0))
 
 
 def _record(row: Any) -> ChatRecord:
@@ -89,10 +150,6 @@ def _record(row: Any) -> ChatRecord:
         created_at=as_utc(row["created_at"]),
         updated_at=as_utc(row["updated_at"]),
     )
-
-
-def _counted(row: Any) -> CountedChat:
-    return CountedChat(chat=_record(row), message_count=int(row["message_count"] or 0))
 
 
 async def insert_chat(conn: Executor, chat: ChatRecord) -> None:
@@ -115,21 +172,15 @@ async def get_live(
 ) -> ChatRecord | None:
     """The owner's live chat, or None. `for_update` locks the row (PostgreSQL; SQLite locks by BEGIN
     IMMEDIATE) until the caller's transaction ends."""
-    query = sa.select(*_CHAT_COLUMNS).where(chats.c.id == chat_id, _owned_live(tenant_id, user_id))
-    if for_update:
-        query = query.with_for_update()
-    row = await conn.fetch_one(query)
-    return None if row is None else _record(row)
+    row = await _GET_LIVE[for_update].fetch_one(conn, chat_id=chat_id, tenant_id=tenant_id, user_id=user_id)
+    return None if row is None else _owned_chat(tenant_id, user_id, row.values())
 
 
 async def get_live_counted(
     conn: Executor, tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: uuid.UUID
 ) -> CountedChat | None:
-    query = sa.select(*_CHAT_COLUMNS, _message_count()).where(
-        chats.c.id == chat_id, _owned_live(tenant_id, user_id)
-    )
-    row = await conn.fetch_one(query)
-    return None if row is None else _counted(row)
+    row = await _GET_LIVE_COUNTED.fetch_one(conn, chat_id=chat_id, tenant_id=tenant_id, user_id=user_id)
+    return None if row is None else _owned_counted(tenant_id, user_id, row)
 
 
 async def rename_live(
@@ -176,15 +227,14 @@ async def list_page(
     """One page of the owner's live chats in `order`, each with its visible message count."""
     page = await fetch_keyset_page(
         conn,
-        rows_query=sa.select(*_CHAT_COLUMNS, _message_count()),
-        table=chats,
-        scope=_owned_live(tenant_id, user_id),
+        _LISTING,
+        {"tenant_id": tenant_id, "user_id": user_id},
         order=order,
         limit=limit,
         cursor=cursor,
     )
     return ChatPage(
-        items=[_counted(row) for row in page.rows],
+        items=[_owned_counted(tenant_id, user_id, row) for row in page.rows],
         next_cursor=page.next_cursor,
         prev_cursor=page.prev_cursor,
     )

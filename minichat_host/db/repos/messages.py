@@ -8,6 +8,7 @@ a chat whose ownership they have already checked.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +16,15 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from minichat_host.db.repos.common import Executor, as_optional_uuid, as_utc, as_uuid, in_values
-from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, fetch_keyset_page
+from minichat_host.db.prepared import Prepared
+from minichat_host.db.repos.common import Executor
+from minichat_host.db.repos.pagination import (
+    KeysetListing,
+    KeysetOrder,
+    PageCursor,
+    fetch_keyset_page,
+)
+from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read
 from minichat_host.db.tables import attachments, message_attachments, messages
 
 # Oldest first, the original's default; the descending variant serves `$orderby=created_at desc`.
@@ -60,39 +68,46 @@ class MessagePage:
     prev_cursor: PageCursor | None
 
 
+# The chat_id is not read back: every query here names the chat (and every UUID read costs).
 _MESSAGE_COLUMNS: Final = (
     messages.c.id,
-    messages.c.chat_id,
     messages.c.request_id,
     messages.c.role,
     messages.c.content,
     messages.c.model,
     messages.c.input_tokens,
     messages.c.output_tokens,
-    messages.c.created_at,
+    utc_read(messages.c.created_at),
 )
 
 
-def _visible_in_chat(tenant_id: uuid.UUID, chat_id: uuid.UUID) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        messages.c.tenant_id == tenant_id,
-        messages.c.chat_id == chat_id,
-        messages.c.deleted_at.is_(None),
-        messages.c.request_id.is_not(None),
-    )
+# Visible messages of one chat (bind parameters `tenant_id`, `chat_id`), for the prepared statements.
+_VISIBLE_IN_CHAT: Final = sa.and_(
+    messages.c.tenant_id == sa.bindparam("tenant_id"),
+    messages.c.chat_id == sa.bindparam("chat_id"),
+    messages.c.deleted_at.is_(None),
+    messages.c.request_id.is_not(None),
+)
+_GET_VISIBLE: Final = Prepared(
+    sa.select(*_MESSAGE_COLUMNS).where(messages.c.id == sa.bindparam("message_id"), _VISIBLE_IN_CHAT),
+    "visible message",
+)
+_LISTING: Final = KeysetListing("messages", columns=_MESSAGE_COLUMNS, table=messages, scope=_VISIBLE_IN_CHAT)
 
 
-def _record(row: Any) -> MessageRecord:
+def _record(chat_id: uuid.UUID, row: Any) -> MessageRecord:
+    """A message of this chat from a row of _MESSAGE_COLUMNS (a prepared statement's), by position."""
+    id_, request_id, role, content, model, input_tokens, output_tokens, created_at = row.values()
     return MessageRecord(
-        id=as_uuid(row["id"]),
-        chat_id=as_uuid(row["chat_id"]),
-        request_id=as_optional_uuid(row["request_id"]),
-        role=row["role"],
-        content=row["content"] or "",
-        model=row["model"],
-        input_tokens=int(row["input_tokens"] or 0),
-        output_tokens=int(row["output_tokens"] or 0),
-        created_at=as_utc(row["created_at"]),
+        id=fast_uuid(id_),
+        chat_id=chat_id,
+        request_id=None if request_id is None else fast_uuid(request_id),
+        role=role,
+        content=content or "",
+        model=model,
+        input_tokens=int(input_tokens or 0),
+        output_tokens=int(output_tokens or 0),
+        created_at=fast_utc(created_at),
     )
 
 
@@ -100,10 +115,8 @@ async def get_visible(
     conn: Executor, tenant_id: uuid.UUID, chat_id: uuid.UUID, message_id: uuid.UUID
 ) -> MessageRecord | None:
     """The message if it is visible in this chat; None when missing, deleted, hidden or in another chat."""
-    row = await conn.fetch_one(
-        sa.select(*_MESSAGE_COLUMNS).where(messages.c.id == message_id, _visible_in_chat(tenant_id, chat_id))
-    )
-    return None if row is None else _record(row)
+    row = await _GET_VISIBLE.fetch_one(conn, message_id=message_id, tenant_id=tenant_id, chat_id=chat_id)
+    return None if row is None else _record(chat_id, row)
 
 
 async def list_visible_page(
@@ -117,24 +130,23 @@ async def list_visible_page(
 ) -> MessagePage:
     page = await fetch_keyset_page(
         conn,
-        rows_query=sa.select(*_MESSAGE_COLUMNS),
-        table=messages,
-        scope=_visible_in_chat(tenant_id, chat_id),
+        _LISTING,
+        {"tenant_id": tenant_id, "chat_id": chat_id},
         order=order,
         limit=limit,
         cursor=cursor,
     )
     return MessagePage(
-        items=[_record(row) for row in page.rows], next_cursor=page.next_cursor, prev_cursor=page.prev_cursor
+        items=[_record(chat_id, row) for row in page.rows],
+        next_cursor=page.next_cursor,
+        prev_cursor=page.prev_cursor,
     )
 
 
-async def attachment_summaries(
-    conn: Executor, tenant_id: uuid.UUID, chat_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[AttachmentSummaryRecord]]:
-    """The live attachments linked to each of `message_ids`, in link order, in one query."""
-    if not message_ids:
-        return {}
+@functools.lru_cache(maxsize=256)  # one per page size: at most 100 (MAX_PAGE_LIMIT)
+def _attachment_summaries_statement(count: int) -> Prepared:
+    """The summaries of `count` messages (bind parameters `tenant_id`, `chat_id`, `m0`...`m<count-1>`)."""
+    linked = message_attachments.c.message_id
     query = (
         sa.select(
             message_attachments.c.message_id,
@@ -156,9 +168,9 @@ async def attachment_summaries(
             )
         )
         .where(
-            message_attachments.c.tenant_id == tenant_id,
-            message_attachments.c.chat_id == chat_id,
-            in_values(message_attachments.c.message_id, message_ids),
+            message_attachments.c.tenant_id == sa.bindparam("tenant_id"),
+            message_attachments.c.chat_id == sa.bindparam("chat_id"),
+            linked.in_([sa.bindparam(f"m{number}", type_=linked.type) for number in range(count)]),
             attachments.c.deleted_at.is_(None),
         )
         .order_by(
@@ -168,14 +180,27 @@ async def attachment_summaries(
             attachments.c.id,
         )
     )
+    return Prepared(query, f"attachment summaries of {count} messages")
+
+
+async def attachment_summaries(
+    conn: Executor, tenant_id: uuid.UUID, chat_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[AttachmentSummaryRecord]]:
+    """The live attachments linked to each of `message_ids`, in link order, in one query."""
+    if not message_ids:
+        return {}
+    values = {f"m{number}": message_id for number, message_id in enumerate(message_ids)}
+    rows = await _attachment_summaries_statement(len(message_ids)).fetch_all(
+        conn, tenant_id=tenant_id, chat_id=chat_id, **values
+    )
     result: dict[uuid.UUID, list[AttachmentSummaryRecord]] = {}
-    for row in await conn.fetch_all(query):
-        message_id = as_uuid(row["message_id"])
+    for row in rows:
+        message_id = fast_uuid(row["message_id"])
         thumbnail = row["img_thumbnail"]
         result.setdefault(message_id, []).append(
             AttachmentSummaryRecord(
                 message_id=message_id,
-                attachment_id=as_uuid(row["attachment_id"]),
+                attachment_id=fast_uuid(row["attachment_id"]),
                 kind=row["attachment_kind"],
                 filename=row["filename"],
                 status=row["status"],

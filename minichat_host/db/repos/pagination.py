@@ -20,16 +20,19 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import sqlalchemy as sa
 
-from minichat_host.db.repos.common import Executor, as_utc, as_uuid
+from minichat_host.db.prepared import Prepared
+from minichat_host.db.repos.common import Executor
+from minichat_host.db.repos.reads import fast_utc, fast_uuid
 
 Direction = Literal["next", "prev"]
 
@@ -136,13 +139,13 @@ def decode_cursor(token: str, *, scope: str, orders: Sequence[KeysetOrder]) -> t
     return order, cursor
 
 
-def _after(
-    order: KeysetOrder, position: Position, *, descending: bool, inclusive: bool
-) -> sa.ColumnElement[bool]:
-    """Rows that come after `position` when scanning in `descending` order (or at it, if inclusive)."""
+def _after(order: KeysetOrder, *, descending: bool, inclusive: bool) -> sa.ColumnElement[bool]:
+    """Rows that come after the position (bind parameters `k_primary`, `k_tiebreak`) when scanning in
+    `descending` order (or at it, if inclusive)."""
     key = sa.tuple_(order.primary, order.tiebreak)
     bound = sa.tuple_(
-        sa.literal(position.primary, order.primary.type), sa.literal(position.tiebreak, order.tiebreak.type)
+        sa.bindparam("k_primary", type_=order.primary.type),
+        sa.bindparam("k_tiebreak", type_=order.tiebreak.type),
     )
     if descending:
         return key <= bound if inclusive else key < bound
@@ -150,37 +153,84 @@ def _after(
 
 
 def _position_of(row: Any, order: KeysetOrder) -> Position:
-    return Position(as_utc(row[order.primary.name]), as_uuid(row[order.tiebreak.name]))
+    return Position(fast_utc(row[order.primary.name]), fast_uuid(row[order.tiebreak.name]))
+
+
+class KeysetListing:
+    """A listing whose statements are prepared once per shape (db/prepared.py).
+
+    `columns` are what a page selects (they must include the orders' primary and tiebreak columns by
+    name), `table` is what the probe for rows behind a cursor scans, and `scope` is the listing's WHERE
+    clause (ownership and visibility) written with named bind parameters, whose values every call passes.
+    The keyset position is bound as `k_primary` / `k_tiebreak` and the page size as `page_limit`: those
+    names must not be used by `scope`.
+    """
+
+    __slots__ = ("columns", "name", "scope", "table")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        columns: Sequence[sa.ColumnElement[Any]],
+        table: sa.FromClause,
+        scope: sa.ColumnElement[bool],
+    ) -> None:
+        self.name = name
+        self.columns = tuple(columns)
+        self.table = table
+        self.scope = scope
+
+
+@functools.cache
+def _keyset_statements(
+    listing: KeysetListing, order: KeysetOrder, forward: bool, inclusive: bool, has_cursor: bool
+) -> tuple[Prepared, Prepared | None]:
+    """The page query and (with a cursor) the probe for rows behind it, for one shape of request."""
+    # The SQL scan runs in listing order for `next` and against it for `prev` (rows nearest the
+    # position first); a `prev` page is reversed back into listing order afterwards.
+    scan_descending = order.descending if forward else not order.descending
+    shape = f"{listing.name} {order.name} {'next' if forward else 'prev'}"
+    query = sa.select(*listing.columns).where(listing.scope)
+    probe: Prepared | None = None
+    if has_cursor:
+        after = _after(order, descending=scan_descending, inclusive=inclusive)
+        query = query.where(after)
+        # Behind the position = everything the query above excluded on that side of it.
+        behind = sa.select(order.tiebreak).select_from(listing.table).where(listing.scope, sa.not_(after))
+        probe = Prepared(behind.limit(1), f"{shape} behind (inclusive={inclusive})")
+        shape = f"{shape} after (inclusive={inclusive})"
+    query = query.order_by(*order.order_by(reverse=not forward)).limit(
+        sa.bindparam("page_limit", type_=sa.Integer)
+    )
+    return Prepared(query, shape), probe
 
 
 async def fetch_keyset_page(
     conn: Executor,
+    listing: KeysetListing,
+    scope_values: Mapping[str, Any],
     *,
-    rows_query: sa.Select[Any],
-    table: sa.FromClause,
-    scope: sa.ColumnElement[bool],
     order: KeysetOrder,
     limit: int,
     cursor: PageCursor | None,
 ) -> KeysetPage:
-    """One page of `rows_query` (which must select `order.primary` and `order.tiebreak` by name).
+    """One page of `listing` in `order`; `scope_values` are the values of its scope's bind parameters.
 
-    `scope` is the listing's WHERE clause (ownership and visibility); it is applied to the rows and to
-    the probe on `table` that decides whether a cursor for the other direction exists.
+    `conn` is a `databases.Database` or connection opened by `connect_database` (prepared statements).
+    The scope applies to the rows and to the probe on the listing's table that decides whether a cursor
+    for the other direction exists.
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
     forward = cursor is None or cursor.direction == "next"
-    # The SQL scan runs in listing order for `next` and against it for `prev` (rows nearest the
-    # position first); a `prev` page is reversed back into listing order afterwards.
-    scan_descending = order.descending if forward else not order.descending
-    query = rows_query.where(scope)
+    inclusive = cursor is not None and cursor.inclusive
+    rows_statement, probe = _keyset_statements(listing, order, forward, inclusive, cursor is not None)
+    values = dict(scope_values)
     if cursor is not None:
-        query = query.where(
-            _after(order, cursor.position, descending=scan_descending, inclusive=cursor.inclusive)
-        )
-    query = query.order_by(*order.order_by(reverse=not forward)).limit(limit + 1)
-    fetched = list(await conn.fetch_all(query))
+        values["k_primary"] = cursor.position.primary
+        values["k_tiebreak"] = cursor.position.tiebreak
+    fetched = await rows_statement.fetch_all(conn, page_limit=limit + 1, **values)
     more_ahead = len(fetched) > limit
     rows = fetched[:limit]
     if not forward:
@@ -188,12 +238,8 @@ async def fetch_keyset_page(
 
     more_behind = False
     if cursor is not None:
-        # Behind the position = everything the query above excluded on that side of it.
-        behind = sa.not_(
-            _after(order, cursor.position, descending=scan_descending, inclusive=cursor.inclusive)
-        )
-        probe = sa.select(order.tiebreak).select_from(table).where(scope, behind).limit(1)
-        more_behind = await conn.fetch_one(probe) is not None
+        assert probe is not None
+        more_behind = await probe.fetch_one(conn, **values) is not None
 
     has_next, has_prev = (more_ahead, more_behind) if forward else (more_behind, more_ahead)
     if rows:

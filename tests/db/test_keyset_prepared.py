@@ -1,0 +1,192 @@
+"""The prepared keyset listings (db/repos/pagination.py) on both engines: every shape - first page, `next`
+and `prev`, inclusive or not, each order - against the order computed in Python, ties on the timestamp
+included; and the SQLite timestamp reader of db/repos/reads.py against the column type's own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import databases
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
+from minichat_host.db.repos import chats as chats_repo
+from minichat_host.db.repos import messages as messages_repo
+from minichat_host.db.repos.common import in_values
+from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, Position
+from minichat_host.db.repos.reads import _sqlite_utc, fast_utc, fast_uuid
+from minichat_host.db.tables import UtcDateTime, chats, messages
+
+BASE = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+
+
+async def _insert_chats(database: databases.Database, tenant: uuid.UUID, user: uuid.UUID) -> None:
+    # 9 chats over 4 timestamps (ties broken by id), one deleted, one of another user.
+    for number in range(9):
+        at = BASE + dt.timedelta(minutes=number // 3, microseconds=0 if number % 2 else 250)
+        await database.execute(
+            chats.insert().values(
+                id=uuid.uuid4(),
+                tenant_id=tenant,
+                user_id=user,
+                model="m",
+                title=f"chat {number}",
+                is_temporary=False,
+                created_at=at,
+                updated_at=at,
+                deleted_at=BASE if number == 4 else None,
+            )
+        )
+    await database.execute(
+        chats.insert().values(
+            id=uuid.uuid4(),
+            tenant_id=tenant,
+            user_id=uuid.uuid4(),
+            model="m",
+            title="someone else's",
+            is_temporary=False,
+            created_at=BASE,
+            updated_at=BASE,
+        )
+    )
+
+
+async def _expected(
+    database: databases.Database, tenant: uuid.UUID, user: uuid.UUID, order: KeysetOrder
+) -> list[tuple[dt.datetime, uuid.UUID]]:
+    rows = await database.fetch_all(
+        sa.select(chats.c.updated_at, chats.c.id).where(
+            chats.c.tenant_id == tenant, chats.c.user_id == user, chats.c.deleted_at.is_(None)
+        )
+    )
+    keys = [(fast_utc(row["updated_at"]), fast_uuid(row["id"])) for row in rows]
+    return sorted(keys, reverse=order.descending)
+
+
+@pytest.mark.parametrize("order", [chats_repo.ORDER_UPDATED_DESC, chats_repo.ORDER_UPDATED_ASC])
+async def test_every_page_shape_of_the_chat_listing(database: databases.Database, order: KeysetOrder) -> None:
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    await _insert_chats(database, tenant, user)
+    expected = await _expected(database, tenant, user, order)
+    assert len(expected) == 8
+
+    def keys(page: chats_repo.ChatPage) -> list[tuple[dt.datetime, uuid.UUID]]:
+        return [(item.chat.updated_at, item.chat.id) for item in page.items]
+
+    async def page(cursor: PageCursor | None, limit: int = 3) -> chats_repo.ChatPage:
+        return await chats_repo.list_page(database, tenant, user, order=order, limit=limit, cursor=cursor)
+
+    # Forward from the first page to the end, then back again from there.
+    first = await page(None)
+    assert keys(first) == expected[:3] and first.prev_cursor is None
+    pages = [first]
+    while pages[-1].next_cursor is not None:
+        pages.append(await page(pages[-1].next_cursor))
+    assert [key for p in pages for key in keys(p)] == expected
+    assert [len(p.items) for p in pages] == [3, 3, 2]
+    assert pages[1].prev_cursor is not None
+    back = await page(pages[-1].prev_cursor)
+    assert keys(back) == expected[3:6]
+    assert back.next_cursor is not None and back.prev_cursor is not None
+    assert keys(await page(back.prev_cursor)) == expected[:3]
+
+    # A position on each row, in each direction, exclusive and inclusive.
+    for index, (primary, tiebreak) in enumerate(expected):
+        position = Position(primary, tiebreak)
+        after = await page(PageCursor("next", position), limit=2)
+        assert keys(after) == expected[index + 1 : index + 3]
+        assert after.prev_cursor is not None  # the row at the position lies behind
+        at_or_after = await page(PageCursor("next", position, inclusive=True), limit=2)
+        assert keys(at_or_after) == expected[index : index + 2]
+        before = await page(PageCursor("prev", position), limit=2)
+        assert keys(before) == expected[max(0, index - 2) : index]
+        at_or_before = await page(PageCursor("prev", position, inclusive=True), limit=2)
+        assert keys(at_or_before) == expected[max(0, index - 1) : index + 1]
+
+    # Past the end: an empty page whose way back includes the position's row.
+    last = Position(*expected[-1])
+    empty = await page(PageCursor("next", last))
+    assert empty.items == [] and empty.next_cursor is None
+    assert empty.prev_cursor == PageCursor("prev", last, inclusive=True)
+    assert keys(await page(empty.prev_cursor)) == expected[-3:]
+
+
+async def test_message_listing_and_lookup(database: databases.Database) -> None:
+    tenant, user, chat_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await database.execute(
+        chats.insert().values(
+            id=chat_id,
+            tenant_id=tenant,
+            user_id=user,
+            model="m",
+            title=None,
+            is_temporary=False,
+            created_at=BASE,
+            updated_at=BASE,
+        )
+    )
+    ids: list[uuid.UUID] = []
+    for number in range(5):
+        message_id = uuid.uuid4()
+        ids.append(message_id)
+        await database.execute(
+            messages.insert().values(
+                id=message_id,
+                tenant_id=tenant,
+                chat_id=chat_id,
+                request_id=None if number == 2 else uuid.uuid4(),  # hidden: never listed
+                role="user" if number % 2 == 0 else "assistant",
+                content=f"message {number}",
+                created_at=BASE + dt.timedelta(seconds=number // 2),
+            )
+        )
+    visible = [ids[0], ids[1], ids[3], ids[4]]
+    for order in (messages_repo.ORDER_CREATED_ASC, messages_repo.ORDER_CREATED_DESC):
+        records = await database.fetch_all(
+            sa.select(messages.c.created_at, messages.c.id).where(in_values(messages.c.id, visible))
+        )
+        expected = [
+            key[1]
+            for key in sorted(
+                ((fast_utc(r["created_at"]), fast_uuid(r["id"])) for r in records), reverse=order.descending
+            )
+        ]
+        first = await messages_repo.list_visible_page(
+            database, tenant, chat_id, order=order, limit=3, cursor=None
+        )
+        assert [m.id for m in first.items] == expected[:3]
+        assert all(m.chat_id == chat_id and m.created_at.tzinfo is dt.UTC for m in first.items)
+        assert first.next_cursor is not None
+        rest = await messages_repo.list_visible_page(
+            database, tenant, chat_id, order=order, limit=3, cursor=first.next_cursor
+        )
+        assert [m.id for m in rest.items] == expected[3:] and rest.next_cursor is None
+        assert rest.prev_cursor is not None
+        again = await messages_repo.list_visible_page(
+            database, tenant, chat_id, order=order, limit=3, cursor=rest.prev_cursor
+        )
+        assert [m.id for m in again.items] == expected[:3]
+    found = await messages_repo.get_visible(database, tenant, chat_id, ids[1])
+    assert found is not None and found.content == "message 1" and found.role == "assistant"
+    assert found.created_at == BASE and found.created_at.tzinfo is dt.UTC
+    assert await messages_repo.get_visible(database, tenant, chat_id, ids[2]) is None  # hidden
+    assert await messages_repo.get_visible(database, uuid.uuid4(), chat_id, ids[1]) is None  # other tenant
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "stored",
+    ["2026-03-01 09:00:00.000250", "2026-03-01 09:00:00", "2026-03-01T09:00:00.5"],
+)
+def test_sqlite_timestamp_reader_matches_the_column_type(engine_name: str, stored: str) -> None:
+    processor = UtcDateTime().result_processor(sqlite.dialect(), None)
+    assert processor is not None
+    try:
+        reference = processor(stored)
+    except ValueError:
+        reference = fast_utc(stored)  # SQLAlchemy's parser only takes the form it writes
+    read = _sqlite_utc(stored)
+    assert read == reference and read.tzinfo is dt.UTC
+    assert _sqlite_utc(None) is None
