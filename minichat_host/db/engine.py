@@ -4,12 +4,14 @@ Supported URLs: `sqlite+aiosqlite:////absolute/path.db` (four slashes for an abs
 `postgresql+asyncpg://user:password@host:port/dbname`; `sqlite://` and `postgresql://` / `postgres://` are
 accepted and mapped to those async drivers.
 
-SQLite settings applied to every pooled connection (databases 0.9 gives every task that touches the database
-its own aiosqlite connection, each on its own thread, so a one-off PRAGMA would not stick):
-`foreign_keys=ON`, `busy_timeout`, `synchronous=NORMAL` (safe with WAL against process crashes). WAL is a
-property of the database file and is switched on once when the pool connects. databases 0.9 would open and
-close a connection (a thread, the file, the PRAGMAs: about 1 ms) around every query; the pool here keeps up
-to `max_size` idle connections for the next task instead (bench/stream.py and bench/api.py measure it).
+SQLite connections are `InlineConnection`s (sqlite_inline.py): statements run on the event loop's thread,
+the wait for another process's lock is asynchronous, WAL checkpoints run on a thread of their own. Settings
+applied to every pooled connection (databases 0.9 gives every task that touches the database its own
+connection, so a one-off PRAGMA would not stick): `foreign_keys=ON`, `synchronous=NORMAL` (safe with WAL
+against process crashes), a high `wal_autocheckpoint` (a safety valve only). WAL is a property of the
+database file and is switched on once when the pool connects. databases 0.9 would open and close a
+connection around every query; the pool here keeps up to `max_size` idle connections for the next task.
+Rows come back as `LeanRecord`s; statements are compiled once (compiled.py) or prepared (prepared.py).
 Root transactions start with `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes fails at
 once with "database is locked" when another connection committed in between (the busy timeout does not apply
 to that case), while IMMEDIATE takes the write lock up front and waits for it under the busy timeout.

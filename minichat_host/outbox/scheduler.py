@@ -541,8 +541,8 @@ class Outbox:
     # --- internals: helpers ---------------------------------------------------------------------------
 
     def _session(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """Keep one connection for a long-running task on SQLite (databases otherwise opens a new
-        aiosqlite connection, with its own thread, for every transaction); pooled as usual on PostgreSQL."""
+        """Keep one connection for a long-running task on SQLite (databases otherwise takes a connection
+        from the pool for every transaction); pooled as usual on PostgreSQL."""
         if self.dialect == "sqlite":
             connection: contextlib.AbstractAsyncContextManager[Any] = self.database.connection()
             return connection
