@@ -327,17 +327,21 @@ async def find_stale_running(
     db: databases.Database, *, stale_before: dt.datetime, limit: int = 100
 ) -> list[TurnRow]:
     """Up to `limit` live running turns without progress since `stale_before`, oldest progress first."""
-    records = await db.fetch_all(
-        sa.select(*_TURN_COLUMNS)
-        .where(
-            _IS_RUNNING,
-            chat_turns.c.deleted_at.is_(None),
-            chat_turns.c.last_progress_at <= stale_before,
-        )
-        .order_by(chat_turns.c.last_progress_at, chat_turns.c.id)
-        .limit(limit)
-    )
+    records = await _STALE_RUNNING.fetch_all(db, stale_before=stale_before, limit=limit)
     return [TurnRow.from_record(r) for r in records]
+
+
+_STALE_RUNNING = Prepared(
+    sa.select(*_TURN_COLUMNS)
+    .where(
+        _IS_RUNNING,
+        chat_turns.c.deleted_at.is_(None),
+        chat_turns.c.last_progress_at <= sa.bindparam("stale_before"),
+    )
+    .order_by(chat_turns.c.last_progress_at, chat_turns.c.id)
+    .limit(sa.bindparam("limit")),
+    "stale running turns",
+)
 
 
 _SET_ASSISTANT_MESSAGE = Prepared(

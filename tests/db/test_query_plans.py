@@ -1,0 +1,40 @@
+"""The hot lookups use the indexes they were written for (SQLite's query planner, on the migrated schema).
+
+A partial index only serves a query whose WHERE implies the index's own; a bound parameter never does, so
+these statements write their constants into the SQL. A regression shows up here as a SCAN or another index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from minichat_host.db.engine import sqlite_path
+from minichat_host.db.repos import turns
+
+DIALECT = sqlite_dialect.dialect(paramstyle="qmark")
+
+
+def _plan(url: str, statement: sa.ClauseElement, args: list[object]) -> str:
+    sql = statement.compile(dialect=DIALECT).string
+    connection = sqlite3.connect(sqlite_path(url))
+    try:
+        return " | ".join(row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    finally:
+        connection.close()
+
+
+def test_the_running_turn_of_a_chat_is_one_partial_index_probe(sqlite_migrated_db_url: str) -> None:
+    plan = _plan(sqlite_migrated_db_url, turns._RUNNING_TURN.statement, [uuid.uuid4().hex])
+    assert "USING INDEX uq_chat_turns_one_running (chat_id=?)" in plan, plan
+
+
+def test_the_watchdog_scans_only_running_turns(sqlite_migrated_db_url: str) -> None:
+    args = [dt.datetime(2026, 1, 1).isoformat(" "), 100, 0]  # LIMIT ? OFFSET ?
+    plan = _plan(sqlite_migrated_db_url, turns._STALE_RUNNING.statement, args)
+    assert "USING INDEX ix_chat_turns_running_progress" in plan, plan
+    assert "SCAN chat_turns" not in plan, plan
