@@ -335,7 +335,14 @@ def minichat_config(data_dir: Path, database_url: str, fake_url: str, port: int)
     }
     limits = {"limit_daily_credits_micro": HUGE_CREDITS, "limit_monthly_credits_micro": HUGE_CREDITS}
     return {
-        "server": {"host": "127.0.0.1", "port": port, "data_dir": str(data_dir), "log_level": "WARNING"},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "data_dir": str(data_dir),
+            "log_level": "WARNING",
+            # server.event_loop of the service under test (asyncio, uvloop or auto); the load side is ours.
+            "event_loop": os.environ.get("MINICHAT_BENCH_EVENT_LOOP", "asyncio"),
+        },
         "database": {"url": database_url, "pool_max_size": 20},
         "auth": {"mode": "jwt", "jwt": {"secret": JWT_SECRET}},
         "providers": {

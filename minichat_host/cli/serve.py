@@ -11,7 +11,7 @@ from aiohttp import web
 from minichat_host.app import create_app
 from minichat_host.auth import check_bind_allowed
 from minichat_host.cli.exit_codes import ExitCode
-from minichat_host.config import load_config
+from minichat_host.config import ConfigError, load_config
 from minichat_host.logs import configure_logging
 
 
@@ -23,6 +23,19 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
+def _install_event_loop(choice: str) -> None:
+    """`server.event_loop`: the standard loop unless uvloop is asked for (or `auto` and installed)."""
+    if choice == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("server.event_loop is 'uvloop' but the uvloop package is not installed") from None
+        return
+    uvloop.install()
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.host:
@@ -31,12 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         config.server.port = args.port
     configure_logging(config.server.log_level, config.server.log_format)
     check_bind_allowed(config)
-    try:
-        import uvloop  # optional speed-up, used when installed
-
-        uvloop.install()
-    except ImportError:
-        pass
+    _install_event_loop(config.server.event_loop)
     app = create_app(config)
     app.on_startup.append(_freeze_startup_objects)  # after the cleanup contexts: everything is loaded
     # run_app turns SIGTERM/SIGINT into a graceful exit: stop accepting, let in-flight requests finish.
