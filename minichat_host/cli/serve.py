@@ -31,7 +31,8 @@ def _install_event_loop(choice: str) -> None:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise ConfigError("server.event_loop is 'uvloop' but the uvloop package is not installed") from None
+            message = "server.event_loop is 'uvloop' but the uvloop package is not installed"
+            raise ConfigError(message) from None
         return
     uvloop.install()
 
