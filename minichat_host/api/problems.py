@@ -188,7 +188,9 @@ async def request_id_middleware(
 
 # --- request parsing helpers -----------------------------------------------------------------------
 def _is_json_content_type(request: web.Request) -> bool:
-    ctype = request.content_type
+    # Parsed here rather than through `request.content_type`, which caches the parsed header on the
+    # request: ~0.9 KiB for as long as a streaming request lives (bench/memory.py).
+    ctype = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
 
 

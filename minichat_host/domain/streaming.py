@@ -1,14 +1,14 @@
 """The provider task of a live turn and the relay that turns it into SSE frames (no aiohttp here).
 
-`TurnRun` owns two tasks:
+`TurnRun` runs two steps, one task at a time (a waiting task costs its frames: bench/memory.py):
 - the *pump* reads the provider stream, forwards text deltas and tool events at once (nothing is held back
   except citations, which the grammar puts right before the terminal event), records progress for the
   orphan watchdog at most every `progress_update_interval_seconds`, counts finished tool calls on the turn,
   and stops the provider when a tool exceeds its per-message limit;
-- the *runner* waits for the pump, turns how it ended into a `TurnOutcome`, calls the finalizer (one
-  transaction, committed before anything terminal is sent) and queues the terminal frame.
-The runner is never cancelled by the client going away: `detach()` only cancels the pump (which aborts the
-upstream request) and the runner finalizes the turn as `cancelled`, keeping the partial text.
+- the *finisher*, started when the pump task is done, turns how it ended into a `TurnOutcome`, calls the
+  finalizer (one transaction, committed before anything terminal is sent) and queues the terminal frame.
+The finisher is never cancelled by the client going away: `detach()` only cancels the pump (which aborts
+the upstream request) and the finisher finalizes the turn as `cancelled`, keeping the partial text.
 
 `frames()` is the relay: `stream_started`, then `ping` frames while nothing has arrived yet (only before
 the first delta/tool), then the queued frames in grammar order `(delta|tool)* citations? (done|error)`;
@@ -20,7 +20,6 @@ at once, without a terminal frame (nobody is listening).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -62,6 +61,54 @@ class StreamLimits:
     code_interpreter_max_calls: int
 
 
+class _Channel:
+    """The bounded FIFO from the pump (and then the finisher) to the relay.
+
+    One producer and one consumer at a time, so one waiter per side: a list and two futures instead of
+    asyncio.Queue's three deques (~2.3 KiB per open stream, bench/memory.py).
+    """
+
+    __slots__ = ("_capacity", "_getter", "_items", "_putter")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: list[events.SseFrame | object] = []
+        self._getter: asyncio.Future[None] | None = None
+        self._putter: asyncio.Future[None] | None = None
+
+    async def put(self, item: events.SseFrame | object) -> None:
+        while len(self._items) >= self._capacity:
+            self._putter = asyncio.get_running_loop().create_future()
+            try:
+                await self._putter
+            finally:
+                self._putter = None
+        self._items.append(item)
+        _wake(self._getter)
+
+    async def get(self) -> events.SseFrame | object:
+        while not self._items:
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        item = self._items.pop(0)
+        _wake(self._putter)
+        return item
+
+    def replace_all(self, item: object) -> None:
+        """Drop what is queued and leave only `item` (over capacity if need be); wake both sides."""
+        self._items = [item]
+        _wake(self._getter)
+        _wake(self._putter)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class _ToolLimitExceeded(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
@@ -87,17 +134,18 @@ class TurnRun:
         self.turn_id = turn_id
         self._started = started
         self._provider = provider
-        self._request = request
+        self._request: ProviderRequest | None = request
         self._tenant_id = tenant_id
         self._finalize = finalize
         self._on_progress = on_progress
         self._on_tool_done = on_tool_done
         self._limits = limits
-        self._queue: asyncio.Queue[events.SseFrame | object] = asyncio.Queue(maxsize=limits.channel_capacity)
+        self._channel = _Channel(limits.channel_capacity)
         self._detached = False
         self._cancel_reason: CancelReason | None = None
         self._pump_task: asyncio.Task[TurnOutcome] | None = None
-        self._runner: asyncio.Task[FinalizeResult | None] | None = None
+        self._finisher: asyncio.Task[FinalizeResult | None] | None = None
+        self._finished: asyncio.Future[FinalizeResult | None] | None = None
         # What the pump has seen so far (read by the runner when the pump is cancelled).
         self._text: list[str] = []
         self._tool_starts: dict[str, int] = {}
@@ -107,33 +155,50 @@ class TurnRun:
         self._first_token_at: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> asyncio.Task[FinalizeResult | None]:
-        """Start the pump and the runner; the returned task ends when the turn is finalized."""
-        if self._runner is None:
-            self._pump_task = asyncio.create_task(self._pump(), name=f"turn-pump-{self.turn_id}")
-            self._runner = asyncio.create_task(self._run(), name=f"turn-run-{self.turn_id}")
-        return self._runner
+    def start(self) -> asyncio.Future[FinalizeResult | None]:
+        """Start the pump; the returned future is done when the turn is finalized."""
+        if self._finished is None:
+            loop = asyncio.get_running_loop()
+            self._finished = loop.create_future()
+            self._pump_task = loop.create_task(self._pump(), name=f"turn-pump-{self.turn_id}")
+            self._pump_task.add_done_callback(self._start_finisher)
+        return self._finished
 
     @property
-    def finished(self) -> asyncio.Task[FinalizeResult | None]:
-        if self._runner is None:
+    def finished(self) -> asyncio.Future[FinalizeResult | None]:
+        if self._finished is None:
             raise RuntimeError("the run was not started")
-        return self._runner
+        return self._finished
+
+    def _start_finisher(self, pump: asyncio.Task[TurnOutcome]) -> None:
+        self._finisher = asyncio.get_running_loop().create_task(
+            self._finish(pump), name=f"turn-finish-{self.turn_id}"
+        )
+        self._finisher.add_done_callback(self._settle)
+
+    def _settle(self, finisher: asyncio.Task[FinalizeResult | None]) -> None:
+        finished = self._finished
+        assert finished is not None
+        if finished.done():
+            return
+        if finisher.cancelled():
+            finished.cancel()
+        elif (exc := finisher.exception()) is not None:
+            finished.set_exception(exc)
+        else:
+            finished.set_result(finisher.result())
 
     def detach(self, reason: CancelReason = "disconnect") -> None:
         """The client is gone (or the server is stopping): abort the provider call; the turn ends cancelled.
 
-        Frames are no longer queued, and the queue is drained so a runner blocked on a full channel moves on.
+        Frames are no longer queued, and the channel is emptied so a finisher blocked on it moves on.
         """
         self._detached = True
         if self._pump_task is not None and not self._pump_task.done():
             self._cancel_reason = reason
             self._pump_task.cancel()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        # Wake a relay blocked on the empty queue; it sees the flag and ends without a terminal frame.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_DETACHED)
+        # Wake a relay blocked on the empty channel; it sees the flag and ends without a terminal frame.
+        self._channel.replace_all(_DETACHED)
 
     # --- relay ----------------------------------------------------------------------------------
     async def frames(self) -> AsyncIterator[events.SseFrame]:
@@ -146,14 +211,14 @@ class TurnRun:
                 try:
                     # asyncio.timeout, not wait_for: no extra task per waiting stream (Python 3.11).
                     async with asyncio.timeout(self._limits.ping_interval_seconds):
-                        item = await self._queue.get()
+                        item = await self._channel.get()
                 except TimeoutError:
                     if self._detached:
                         return
                     yield events.PING
                     continue
             else:
-                item = await self._queue.get()
+                item = await self._channel.get()
             if self._detached:
                 return
             if item is _END:
@@ -175,14 +240,18 @@ class TurnRun:
     # --- internals ------------------------------------------------------------------------------
     async def _emit(self, frame: events.SseFrame | object) -> None:
         if not self._detached:
-            await self._queue.put(frame)
+            await self._channel.put(frame)
 
     async def _pump(self) -> TurnOutcome:
         """Relay the provider stream; returns the completed outcome or raises what ended it."""
         progress_every = self._limits.progress_update_interval_seconds
         last_progress = time.monotonic()
         completed: Completed | None = None
-        stream = self._provider.stream(self._request, tenant_id=self._tenant_id)
+        # The request is the provider's from here on: not kept for the length of the stream.
+        request, self._request = self._request, None
+        assert request is not None, "a run pumps once"
+        stream = self._provider.stream(request, tenant_id=self._tenant_id)
+        del request
         try:
             async for event in stream:
                 if isinstance(event, TextDelta):
@@ -255,10 +324,8 @@ class TurnRun:
             total_ms=int((now - self._began) * 1000),
         )
 
-    async def _run(self) -> FinalizeResult | None:
-        assert self._pump_task is not None
-        await asyncio.wait({self._pump_task})
-        outcome = self._outcome_of(self._pump_task)
+    async def _finish(self, pump: asyncio.Task[TurnOutcome]) -> FinalizeResult | None:
+        outcome = self._outcome_of(pump)
         result: FinalizeResult | None = None
         try:
             result = await self._finalize(outcome)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NamedTuple
 
 from minichat_host.config import ProviderConfig
 from minichat_host.providers.base import (
@@ -111,6 +111,42 @@ def _chunk_error(chunk: dict[str, Any]) -> ProviderError | None:
     return ProviderError(error_code_from_upstream(code, text), f"provider error: {text}"[:500])
 
 
+class _ChunkParts(NamedTuple):
+    response_id: str | None
+    usage: Usage | None
+    texts: tuple[str, ...]
+    finish_reason: str | None
+
+
+def _chunk_parts(chunk: dict[str, Any]) -> _ChunkParts:
+    """What one `chat.completion.chunk` carries for choice 0 (raises the error a chunk may carry)."""
+    error = _chunk_error(chunk)
+    if error is not None:
+        raise error
+    texts: list[str] = []
+    finish_reason: str | None = None
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        if not isinstance(choice, dict) or as_int(choice.get("index")) != 0:
+            continue
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
+        for key in ("content", "refusal"):  # a refusal is the text the user gets instead
+            content = delta.get(key)
+            if isinstance(content, str) and content:
+                texts.append(content)
+        if isinstance(choice.get("finish_reason"), str):
+            finish_reason = choice["finish_reason"]
+    response_id = chunk.get("id")
+    return _ChunkParts(
+        response_id=response_id if isinstance(response_id, str) else None,
+        usage=usage_from_chat(chunk.get("usage")),
+        texts=tuple(texts),
+        finish_reason=finish_reason,
+    )
+
+
 class OpenAIChatProvider:
     def __init__(
         self, provider_id: str, cfg: ProviderConfig, *, local_search: LocalSearch | None = None
@@ -137,38 +173,26 @@ class OpenAIChatProvider:
                 file_context = context_block(hits, request.citation_titles)
 
         endpoint = self._client.endpoint(tenant_id, request.model, accept="text/event-stream")
-        body = chat_body(request, stream=True, file_context=file_context)
         usage: Usage | None = None
         finish_reason: str | None = None
         done = False
         response_id: str | None = None
         output: list[str] = []
+        body = chat_body(request, stream=True, file_context=file_context)
         async with self._client.post(endpoint, body) as response, aclosing(sse_events(response)) as events:
+            del body  # sent: not kept for the length of the stream
             async for sse in events:
                 if sse.data.strip() == "[DONE]":
                     done = True
                     break
-                chunk = decode_event_json(sse)
-                error = _chunk_error(chunk)
-                if error is not None:
-                    raise error
-                if response_id is None and isinstance(chunk.get("id"), str):
-                    response_id = chunk["id"]
-                usage = usage_from_chat(chunk.get("usage")) or usage
-                choices = chunk.get("choices")
-                for choice in choices if isinstance(choices, list) else []:
-                    if not isinstance(choice, dict) or as_int(choice.get("index")) != 0:
-                        continue
-                    delta = choice.get("delta")
-                    if not isinstance(delta, dict):
-                        delta = {}
-                    for key in ("content", "refusal"):  # a refusal is the text the user gets instead
-                        content = delta.get(key)
-                        if isinstance(content, str) and content:
-                            output.append(content)
-                            yield TextDelta(text=content)
-                    if isinstance(choice.get("finish_reason"), str):
-                        finish_reason = choice["finish_reason"]
+                parts = _chunk_parts(decode_event_json(sse))
+                del sse  # neither the event nor its JSON is kept while the next one is awaited
+                response_id = response_id or parts.response_id
+                usage = parts.usage or usage
+                finish_reason = parts.finish_reason or finish_reason
+                for text in parts.texts:
+                    output.append(text)
+                    yield TextDelta(text=text)
         if not done and finish_reason is None:
             raise ProviderError("provider_error", "the provider ended the stream before the reply completed")
         if hits:

@@ -165,6 +165,7 @@ class UpstreamClient:
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise error_from_exception(exc, during="sending the request") from exc
+        del body, payload  # sent: this frame stays suspended for the length of a stream
         try:
             if response.status >= 300:
                 try:
