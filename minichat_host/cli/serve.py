@@ -43,9 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
+    _install_event_loop(config.server.event_loop)  # first: a config error leaves logging alone
     configure_logging(config.server.log_level, config.server.log_format)
     check_bind_allowed(config)
-    _install_event_loop(config.server.event_loop)
     app = create_app(config)
     app.on_startup.append(_freeze_startup_objects)  # after the cleanup contexts: everything is loaded
     # run_app turns SIGTERM/SIGINT into a graceful exit: stop accepting, let in-flight requests finish.
