@@ -225,9 +225,9 @@ def lua_script(pairs: Sequence[tuple[str, str | None]], *, think_ms: tuple[int, 
 
 
 def think_time(connections: int, rate: float) -> tuple[int, int]:
-    """The lo..hi think time (ms) that makes `connections` closed-loop connections offer about `rate`
-    requests/s when a response takes ~1 ms: mean = connections / rate - 1 ms, spread ±50%."""
-    mean = max(2.0, 1000.0 * connections / rate - 1.0)
+    """The lo..hi think time (ms) that makes `connections` closed-loop connections offer at least about
+    `rate` requests/s while a response takes up to ~4 ms: mean = connections / rate - 4 ms, spread ±50%."""
+    mean = max(2.0, 1000.0 * connections / rate - 4.0)
     return round(mean * 0.5), round(mean * 1.5)
 
 
