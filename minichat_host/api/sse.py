@@ -1,6 +1,7 @@
 """The SSE writer: turns a domain `TurnStream` into a `text/event-stream` response.
 
-Frames go out as `event: <name>\\ndata: <compact JSON>\\n\\n`, each written as soon as the domain yields it.
+Frames go out as `event: <name>\\ndata: <compact JSON>\\n\\n`: the response is the domain's `FrameSink`,
+written by the task that produced the frame (the provider pump for a delta) as soon as it exists.
 The response is aiohttp-sse's `EventSourceResponse` (POST allowed, `Cache-Control: no-cache`, chunked,
 `X-Accel-Buffering: no`, a send timeout that aborts a stalled client, and `: ping` comments as a keep-alive
 once the domain's own `ping` events stop after the first token). After the one terminal event the response
@@ -22,6 +23,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from minichat_host.api.problems import REQUEST_ID_KEY
+from minichat_host.domain.events import SseFrame
 from minichat_host.domain.turns import TurnStream
 
 log = logging.getLogger("minichat.api.sse")
@@ -68,8 +70,17 @@ class _SseResponse(EventSourceResponse):
         self.enable_chunked_encoding()
         return writer
 
-    async def send_frame(self, event: str, data: bytes) -> None:
-        await self.send_raw(b"event: " + event.encode("ascii") + b"\ndata: " + data + b"\n\n")
+    async def write_frame(self, frame: SseFrame) -> bool:
+        """The domain's `FrameSink`: write one frame now; False when the client is gone."""
+        data = _encoder.encode(frame.data)
+        payload = b"event: " + frame.event.encode("ascii") + b"\ndata: " + data + b"\n\n"
+        try:
+            await self.send_raw(payload)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            # Reset, stalled past the send timeout, or a write after the transport closed.
+            log.debug("SSE client gone: %s", type(exc).__name__)
+            return False
+        return True
 
     async def send_raw(self, payload: bytes) -> None:
         transport = self._req.transport if self._req is not None else None
@@ -149,11 +160,7 @@ async def write_sse(request: web.Request, stream: TurnStream) -> web.StreamRespo
     try:
         await response.prepare(request)
         watcher.start()
-        async for frame in stream.frames():
-            await response.send_frame(frame.event, _encoder.encode(frame.data))
-            if frame.is_terminal:
-                finished = True
-                break
+        finished = await stream.relay(response)
         if finished:
             watcher.stop()  # no ping may follow the terminal event
             await response.write_eof()

@@ -1,4 +1,4 @@
-"""The provider task of a live turn and the relay that turns it into SSE frames (no aiohttp here).
+"""The provider task of a live turn and the relay that writes its SSE frames (no aiohttp here).
 
 `TurnRun` runs two steps, one task at a time (a waiting task costs its frames: bench/memory.py):
 - the *pump* reads the provider stream, forwards text deltas and tool events at once (nothing is held back
@@ -6,15 +6,18 @@
   orphan watchdog at most every `progress_update_interval_seconds`, counts finished tool calls on the turn,
   and stops the provider when a tool exceeds its per-message limit;
 - the *finisher*, started when the pump task is done, turns how it ended into a `TurnOutcome`, calls the
-  finalizer (one transaction, committed before anything terminal is sent) and queues the terminal frame.
+  finalizer (one transaction, committed before anything terminal is sent) and sends the terminal frame.
 The finisher is never cancelled by the client going away: `detach()` only cancels the pump (which aborts
 the upstream request) and the finisher finalizes the turn as `cancelled`, keeping the partial text.
 
-`frames()` is the relay: `stream_started`, then `ping` frames while nothing has arrived yet (only before
-the first delta/tool), then the queued frames in grammar order `(delta|tool)* citations? (done|error)`;
-anything out of order is dropped, and a run that ends without a terminal frame (a CAS loser, a finalizer
-that could not reach the database) ends with `error{stream_interrupted}`. After `detach()` the relay ends
-at once, without a terminal frame (nobody is listening).
+`relay(sink)` connects the run to the client's `FrameSink`: `stream_started`, the frames produced before
+the relay attached (the pump starts before the response is ready), then every frame is written by the task
+that produced it - the pump writes a delta in the same loop step that read it from the provider, with no
+queue and no second task to wake (bench/stream.py: per-chunk latency). The frames follow the grammar
+`stream_started ping* (delta|tool)* citations? (done|error)` by construction: `ping` frames come from a timer
+only until the first delta/tool, and a run that ends without a terminal frame (a CAS loser, a finalizer
+that could not reach the database) ends with `error{stream_interrupted}`. A sink that reports the client
+gone detaches the run. After `detach()` nothing more is written and the relay returns at once.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal, Protocol, TypeVar
 
 from minichat_host.domain import events
 from minichat_host.domain.finalize import FinalizeResult, TurnOutcome, error_message
@@ -43,13 +46,20 @@ from minichat_host.providers.base import (
 
 log = logging.getLogger("minichat.turns")
 
+T = TypeVar("T")
+
 CancelReason = Literal["disconnect", "shutdown"]
 Finalize = Callable[[TurnOutcome], Awaitable[FinalizeResult | None]]
 ProgressSink = Callable[[], Awaitable[None]]
 ToolDoneSink = Callable[[Literal["web_search", "code_interpreter", "file_search"]], Awaitable[None]]
 
-_END: Final = object()
-_DETACHED: Final = object()
+
+class FrameSink(Protocol):
+    """Where a run's frames go (the HTTP layer's SSE response)."""
+
+    async def write_frame(self, frame: events.SseFrame) -> bool:
+        """Write one frame now; False when the client is gone (the run then detaches)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,54 +71,6 @@ class StreamLimits:
     code_interpreter_max_calls: int
 
 
-class _Channel:
-    """The bounded FIFO from the pump (and then the finisher) to the relay.
-
-    One producer and one consumer at a time, so one waiter per side: a list and two futures instead of
-    asyncio.Queue's three deques (~2.3 KiB per open stream, bench/memory.py).
-    """
-
-    __slots__ = ("_capacity", "_getter", "_items", "_putter")
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: list[events.SseFrame | object] = []
-        self._getter: asyncio.Future[None] | None = None
-        self._putter: asyncio.Future[None] | None = None
-
-    async def put(self, item: events.SseFrame | object) -> None:
-        while len(self._items) >= self._capacity:
-            self._putter = asyncio.get_running_loop().create_future()
-            try:
-                await self._putter
-            finally:
-                self._putter = None
-        self._items.append(item)
-        _wake(self._getter)
-
-    async def get(self) -> events.SseFrame | object:
-        while not self._items:
-            self._getter = asyncio.get_running_loop().create_future()
-            try:
-                await self._getter
-            finally:
-                self._getter = None
-        item = self._items.pop(0)
-        _wake(self._putter)
-        return item
-
-    def replace_all(self, item: object) -> None:
-        """Drop what is queued and leave only `item` (over capacity if need be); wake both sides."""
-        self._items = [item]
-        _wake(self._getter)
-        _wake(self._putter)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
 class _ToolLimitExceeded(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
@@ -117,6 +79,40 @@ class _ToolLimitExceeded(Exception):
 
 class TurnRun:
     """One live generation: the provider pump, its finalization, and the frames for the client."""
+
+    # Slots: one of these lives for every open stream (bench/memory.py).
+    __slots__ = (
+        "_began",
+        "_cancel_reason",
+        "_caught_up",
+        "_citations",
+        "_detached",
+        "_direct",
+        "_ended",
+        "_finalize",
+        "_finished",
+        "_finisher",
+        "_first_sent",
+        "_first_token_at",
+        "_limits",
+        "_on_progress",
+        "_on_tool_done",
+        "_pending",
+        "_ping_task",
+        "_ping_timer",
+        "_provider",
+        "_pump_task",
+        "_relay_done",
+        "_request",
+        "_sink",
+        "_started",
+        "_tenant_id",
+        "_terminal_sent",
+        "_text",
+        "_tool_done",
+        "_tool_starts",
+        "turn_id",
+    )
 
     def __init__(
         self,
@@ -140,8 +136,19 @@ class TurnRun:
         self._on_progress = on_progress
         self._on_tool_done = on_tool_done
         self._limits = limits
-        self._channel = _Channel(limits.channel_capacity)
         self._detached = False
+        # The relay: frames produced before it attached wait in `_pending` (bounded by channel_capacity);
+        # once it has caught up (`_direct`) every frame goes straight to the sink.
+        self._sink: FrameSink | None = None
+        self._pending: list[events.SseFrame] = []
+        self._direct = False
+        self._caught_up: asyncio.Future[None] | None = None
+        self._relay_done: asyncio.Future[bool] | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_task: asyncio.Task[None] | None = None
+        self._first_sent = False  # a delta or tool frame was produced: no more pings
+        self._terminal_sent = False
+        self._ended = False  # the finisher has produced its last frame
         self._cancel_reason: CancelReason | None = None
         self._pump_task: asyncio.Task[TurnOutcome] | None = None
         self._finisher: asyncio.Task[FinalizeResult | None] | None = None
@@ -191,56 +198,106 @@ class TurnRun:
     def detach(self, reason: CancelReason = "disconnect") -> None:
         """The client is gone (or the server is stopping): abort the provider call; the turn ends cancelled.
 
-        Frames are no longer queued, and the channel is emptied so a finisher blocked on it moves on.
+        Nothing more is written, and a relay waiting for the end returns False at once.
         """
         self._detached = True
         if self._pump_task is not None and not self._pump_task.done():
             self._cancel_reason = reason
             self._pump_task.cancel()
-        # Wake a relay blocked on the empty channel; it sees the flag and ends without a terminal frame.
-        self._channel.replace_all(_DETACHED)
+        self._pending.clear()
+        self._stop_pings()
+        _resolve(self._caught_up, None)
+        _resolve(self._relay_done, False)
 
     # --- relay ----------------------------------------------------------------------------------
-    async def frames(self) -> AsyncIterator[events.SseFrame]:
-        """The SSE frames of this run in grammar order, ending with exactly one terminal frame."""
-        yield self._started
-        waiting_first = True
-        citations_sent = False
-        while True:
-            if waiting_first:
-                try:
-                    # asyncio.timeout, not wait_for: no extra task per waiting stream (Python 3.11).
-                    async with asyncio.timeout(self._limits.ping_interval_seconds):
-                        item = await self._channel.get()
-                except TimeoutError:
-                    if self._detached:
-                        return
-                    yield events.PING
-                    continue
-            else:
-                item = await self._channel.get()
-            if self._detached:
-                return
-            if item is _END:
-                yield events.error("stream_interrupted", "The stream ended before the turn finished.")
-                return
-            assert isinstance(item, events.SseFrame)
-            if item.event in ("delta", "tool"):
-                if citations_sent:
-                    continue  # the grammar puts citations after every delta and tool event
-                waiting_first = False
-            elif item.event == "citations":
-                if citations_sent:
-                    continue
-                citations_sent = True
-            yield item
-            if item.is_terminal:
-                return
+    async def relay(self, sink: FrameSink) -> bool:
+        """Write this run's frames to `sink` until the terminal one: True when it was written, False when
+        the client went away or the run was detached first."""
+        if self._relay_done is not None:
+            raise RuntimeError("a run is relayed once")
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._relay_done = done
+        self._sink = sink
+        if self._detached or not await self._deliver(self._started):
+            return False
+        if not self._first_sent:
+            self._arm_ping()
+        # Catch up on what was produced before the relay attached (the producer may still be adding).
+        while self._pending and not self._detached and not self._terminal_sent:
+            if not await self._deliver(self._pending.pop(0)):
+                break
+        if self._terminal_sent:
+            return True
+        if self._detached:
+            return False
+        self._direct = True
+        _resolve(self._caught_up, None)
+        if self._ended and not self._terminal_sent:
+            await self._interrupted()
+        return await done
+
+    async def _deliver(self, frame: events.SseFrame) -> bool:
+        """Write one frame; a client gone detaches the run. Only the relay's sink is written to."""
+        sink = self._sink
+        assert sink is not None
+        if self._detached or self._terminal_sent:
+            return False
+        if not await sink.write_frame(frame):
+            self.detach()
+            return False
+        if frame.is_terminal:
+            self._terminal_sent = True
+            self._stop_pings()
+            _resolve(self._relay_done, True)
+        return True
+
+    async def _interrupted(self) -> None:
+        await self._deliver(events.error("stream_interrupted", "The stream ended before the turn finished."))
+
+    def _arm_ping(self) -> None:
+        self._ping_timer = asyncio.get_running_loop().call_later(
+            self._limits.ping_interval_seconds, self._ping_due
+        )
+
+    def _stop_pings(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        if self._first_sent or self._detached or self._terminal_sent:
+            return
+        # A timer cannot await the write: a short task does (only while the model has said nothing yet).
+        # It is created only once the relay is writing directly, so the ping follows `stream_started`.
+        self._ping_task = asyncio.get_running_loop().create_task(self._send_ping())
+        self._arm_ping()
+
+    async def _send_ping(self) -> None:
+        # Checked again here: a delta produced since the timer fired goes first and ends the pings.
+        try:
+            if not self._first_sent and self._direct:
+                await self._deliver(events.PING)
+        finally:
+            self._ping_task = None  # a finished task kept for the whole stream costs memory
 
     # --- internals ------------------------------------------------------------------------------
-    async def _emit(self, frame: events.SseFrame | object) -> None:
-        if not self._detached:
-            await self._channel.put(frame)
+    async def _emit(self, frame: events.SseFrame) -> None:
+        """Send `frame` to the client now, or keep it until the relay has caught up."""
+        if self._detached or self._terminal_sent:
+            return
+        if frame.event in ("delta", "tool"):
+            self._first_sent = True
+        if self._direct:
+            await self._deliver(frame)
+            return
+        self._pending.append(frame)
+        while len(self._pending) >= self._limits.channel_capacity and not self._direct and not self._detached:
+            self._caught_up = asyncio.get_running_loop().create_future()
+            try:
+                await self._caught_up
+            finally:
+                self._caught_up = None
 
     async def _pump(self) -> TurnOutcome:
         """Relay the provider stream; returns the completed outcome or raises what ended it."""
@@ -261,6 +318,10 @@ class TurnRun:
                         self._first_token_at = time.monotonic()
                     self._text.append(event.text)
                     await self._emit(events.delta(event.text))
+                    if self._detached:
+                        # The write found the client gone: detach() cancelled this task, which takes
+                        # effect at its next suspension; stop reading the provider now.
+                        raise asyncio.CancelledError
                 elif isinstance(event, ToolEvent):
                     await self._on_tool(event)
                 elif isinstance(event, Citations):
@@ -338,7 +399,9 @@ class TurnRun:
                     await self._emit(events.citations(self._citations))
                 if result.terminal is not None:
                     await self._emit(result.terminal)
-        await self._emit(_END)
+        self._ended = True
+        if self._direct and not self._terminal_sent and not self._detached:
+            await self._interrupted()
         return result
 
     def _outcome_of(self, pump: asyncio.Task[TurnOutcome]) -> TurnOutcome:
@@ -355,6 +418,11 @@ class TurnRun:
         return self._outcome(
             "failed", error_code="provider_error", error_detail=error_message("provider_error")
         )
+
+
+def _resolve(future: asyncio.Future[T] | None, value: T) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
 
 
 def _client_message(exc: ProviderError) -> str:

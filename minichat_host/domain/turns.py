@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, Protocol
 
@@ -64,7 +64,7 @@ from minichat_host.domain.quota import (
     reserve_for_model,
     reserve_writes,
 )
-from minichat_host.domain.streaming import StreamLimits, TurnRun
+from minichat_host.domain.streaming import FrameSink, StreamLimits, TurnRun
 from minichat_host.plugins.types import (
     AuditAttachment,
     AuditEnvelope,
@@ -251,9 +251,10 @@ class TurnStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 # --- what the HTTP layer gets -------------------------------------------------------------------------
 class TurnStream(Protocol):
-    """The frames of one streamed response; `detach()` when the client is gone."""
+    """One streamed response: `relay()` writes its frames to the client's sink, True when the terminal
+    frame was written; `detach()` when the client is gone."""
 
-    def frames(self) -> AsyncIterator[events.SseFrame]: ...
+    async def relay(self, sink: FrameSink) -> bool: ...
 
     def detach(self) -> None: ...
 
@@ -264,9 +265,11 @@ class ReplayStream:
     def __init__(self, frames: Sequence[events.SseFrame]) -> None:
         self._frames = tuple(frames)
 
-    async def frames(self) -> AsyncIterator[events.SseFrame]:
+    async def relay(self, sink: FrameSink) -> bool:
         for frame in self._frames:
-            yield frame
+            if not await sink.write_frame(frame):
+                return False
+        return True
 
     def detach(self) -> None:
         """Nothing runs behind a replay."""

@@ -515,11 +515,11 @@ class Outbox:
             raise RuntimeError("run_once() drives a stopped outbox; this one is running")
         await self.ensure_queues()
         before = self.stats.delivered + self.stats.dead_lettered
-        self._mark_dirty(await partitions_with_incoming(self.database, list(self._partitions)))
+        self._mark_dirty(await partitions_with_incoming(self.database, self.dialect, list(self._partitions)))
         await self._sequence_dirty()
         now = self.clock()
         for partition_id, retry_at in await partitions_with_backlog(
-            self.database, list(self._partitions), now
+            self.database, self.dialect, list(self._partitions), now
         ):
             if retry_at is None or retry_at <= now:
                 while await self._process_partition(partition_id):
@@ -662,7 +662,7 @@ class Outbox:
 
     async def _reconcile(self) -> None:
         self.stats.reconciles += 1
-        self._mark_dirty(await partitions_with_incoming(self.database, list(self._partitions)))
+        self._mark_dirty(await partitions_with_incoming(self.database, self.dialect, list(self._partitions)))
         try:
             await self.refresh_metrics()
         except Exception:
@@ -672,7 +672,7 @@ class Outbox:
         self.stats.polls += 1
         now = self.clock()
         for partition_id, retry_at in await partitions_with_backlog(
-            self.database, list(self._partitions), now
+            self.database, self.dialect, list(self._partitions), now
         ):
             if retry_at is None or retry_at <= now:
                 self._wake_partition(partition_id)
