@@ -21,6 +21,7 @@ summary is its deterministic extract, so this works offline.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import re
@@ -102,15 +103,19 @@ async def summary_task_if_due(
     completed turn, after the assistant message is written); returns what was enqueued, or None."""
     if not config.enabled:
         return None
-    current = await repo.get_summary(db, chat_id)
-    if not summary_due(
+    due = functools.partial(
+        summary_due,
         messages_truncated=messages_truncated,
-        has_summary=current is not None,
         assembled_tokens=assembled_tokens,
         context_window=context_window,
         max_output_applied=max_output_applied,
         compression_threshold_pct=config.compression_threshold_pct,
-    ):
+    )
+    # An existing summary only ever makes a task less due: most turns are settled without reading it.
+    if not due(has_summary=False):
+        return None
+    current = await repo.get_summary(db, chat_id)
+    if not due(has_summary=current is not None):
         return None
     target = await repo.newest_live_message(db, chat_id)
     base = current.frontier if current is not None else None
