@@ -4,6 +4,7 @@ partial text as its assistant message, and is settled per the billing table (abo
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from typing import Any
 
@@ -185,3 +186,39 @@ async def test_a_quiet_stream_gets_keepalive_comments_then_finishes(
     assert blocks[-1].startswith("event: done")  # nothing after the terminal event
     events = [block.split("\n")[0] for block in blocks if not block.startswith(":")]
     assert events[0] == "event: stream_started" and events.count("event: done") == 1
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The provider pump writes each delta itself: a client that stops reading holds it at the write (and so
+    # holds back the provider read) until the send timeout aborts the connection; the turn then ends
+    # cancelled with what was produced, and its reservation is released.
+    monkeypatch.setattr(sse, "SEND_TIMEOUT_SECONDS", 0.5)
+    chat_id = await harness.create_chat("fake-standard")
+    harness.fake.script(Script(tokens=["x" * 4000] * 5000))  # 20 MB: more than the socket buffers hold
+    request_id = str(uuid.uuid4())
+    body = msgspec.json.encode({"content": "talk", "request_id": request_id})
+    # A raw socket with a small receive buffer, read once and then left alone (aiohttp's client would keep
+    # reading into memory).
+    server = harness.client.server
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, (server.host, server.port))
+        head = (
+            f"POST {PREFIX}/chats/{chat_id}/messages:stream HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, head.encode() + body)
+        assert b"200 OK" in await loop.sock_recv(sock, 1024)
+
+        status = await harness.wait_terminal(chat_id, request_id, seconds=30)
+        assert status["state"] == "cancelled"
+        record = harness.fake.last("responses")
+        assert await record.wait_finished() != "completed"  # the upstream request was aborted too
+        assert await harness.reserved() == 0
+    finally:
+        sock.close()
