@@ -34,6 +34,12 @@ class Sql:
         return self.postgresql if dialect == "postgresql" else self.sqlite
 
 
+def _numbered(args: Sequence[Any]) -> dict[str, Any]:
+    """SQLite's `?1`.. bound by name: a plain sequence for numbered placeholders is deprecated (Python 3.12)
+    and an error from Python 3.14."""
+    return {str(number): value for number, value in enumerate(args, 1)}
+
+
 def timestamp(dialect: DialectName, value: dt.datetime) -> Any:
     """A bind value for a UtcDateTime column."""
     value = value.astimezone(dt.UTC)
@@ -56,7 +62,7 @@ async def fetch(db: databases.Database, dialect: DialectName, sql: Sql, *args: A
         if dialect == "postgresql":
             rows: list[Sequence[Any]] = await raw.fetch(sql.postgresql, *args)
             return rows
-        async with raw.execute(sql.sqlite, args) as cursor:
+        async with raw.execute(sql.sqlite, _numbered(args)) as cursor:
             result: list[Sequence[Any]] = await cursor.fetchall()
             return result
 
@@ -75,6 +81,6 @@ async def execute(db: databases.Database, dialect: DialectName, sql: Sql, *args:
         if dialect == "postgresql":
             await raw.execute(sql.postgresql, *args)
             return None
-        async with raw.execute(sql.sqlite, args) as cursor:
+        async with raw.execute(sql.sqlite, _numbered(args)) as cursor:
             lastrowid: int | None = cursor.lastrowid
             return lastrowid
