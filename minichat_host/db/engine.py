@@ -20,6 +20,7 @@ to that case), while IMMEDIATE takes the write lock up front and waits for it un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -486,6 +487,7 @@ class _CachedPostgresConnection(PostgresConnection):
     def __init__(self, database: PostgresBackend, dialect: Dialect, statements: StatementCache) -> None:
         super().__init__(database, dialect)
         self._statements = statements
+        self._session_state = False
 
     def _compile(self, query: ClauseElement) -> Any:
         return self._prepare(query)[:3]
@@ -559,7 +561,18 @@ class _CachedPostgresConnection(PostgresConnection):
                 values[position] = processor(raw)
         return LeanRecord(values, derived["index"])  # type: ignore[arg-type]  # a list serves as the row
 
+    def keep_session_state(self) -> None:
+        """This connection takes session-level state (an advisory lock): reset it fully on release."""
+        self._session_state = True
+
     async def release(self) -> None:
+        if self._session_state:
+            self._session_state = False
+            connection = self._connection
+            if connection is not None and not connection.is_closed():
+                # What asyncpg's own reset would run (see `_reset_session` for why the pool skips it).
+                with contextlib.suppress(Exception):  # a broken connection is terminated by the pool below
+                    await connection.execute(connection.get_reset_query())
         # When the server went away, asyncpg's reset on release fails: it terminates the connection (its pool
         # slot is free again) and re-raises. databases would keep the dead reference, and every later acquire
         # of this task's connection would fail with "Connection is already acquired" - wedging long-lived
@@ -686,9 +699,31 @@ async def connect_database(
             raise
         return database
     max_size = max(1, max_size)
-    database = _MinichatDatabase(url, min_size=max(0, min(min_size, max_size)), max_size=max_size)
+    database = _MinichatDatabase(
+        url, min_size=max(0, min(min_size, max_size)), max_size=max_size, reset=_reset_session
+    )
     await database.connect()
     return database
+
+
+async def _reset_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset of a connection given back: nothing beyond asyncpg's own (an open transaction is
+    rolled back, listeners are dropped).
+
+    asyncpg's default runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release - and databases releases after every statement outside a transaction, so each of those cost two
+    round trips (a turn's start on PostgreSQL made ~10 of them). minichat sets no session variables, opens
+    no cursors and LISTENs nowhere; the one session-level lock (the orphan watchdog's) is taken on a
+    connection marked with `keep_session_state`, whose release runs the full reset query first.
+    """
+
+
+def keep_session_state(connection: Connection) -> None:
+    """Mark the task's PostgreSQL connection (inside `async with database.connection()`) as taking
+    session-level state, so it is fully reset before it goes back to the pool; a no-op on SQLite."""
+    backend = connection._connection
+    if isinstance(backend, _CachedPostgresConnection):
+        backend.keep_session_state()
 
 
 async def _enable_wal(database: databases.Database, path: Path) -> None:

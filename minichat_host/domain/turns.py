@@ -323,6 +323,43 @@ class _Inputs:
     vector_store_id: str | None
 
 
+def _tool_inputs(
+    content: str,
+    web_search: bool,
+    attached: tuple[turns.AttachmentRow, ...],
+    documents: Sequence[turns.AttachmentRow],
+    vector_store_id: str | None,
+) -> _Inputs:
+    return _Inputs(
+        content=content,
+        web_search=web_search,
+        images=tuple(a for a in attached if a.attachment_kind == "image"),
+        attachments=attached,
+        file_search_documents=tuple(d for d in documents if d.for_file_search) if vector_store_id else (),
+        code_interpreter_files=tuple(d for d in documents if d.for_code_interpreter and d.provider_file_id),
+        vector_store_id=vector_store_id,
+    )
+
+
+def _discard(future: asyncio.Future[Any]) -> None:
+    """Cancel a read nobody will wait for (its failure, if it already failed, is not reported)."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class _FirstLook:
+    """What a send reads before its transaction (see `TurnService._first_look`)."""
+
+    chat: chats_repo.ChatRecord | None
+    same_request: turns.TurnRow | None
+    running: turns.TurnRow | None
+    documents: list[turns.AttachmentRow]
+    vector_store_id: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     """A running turn with its preflight, ready to be streamed."""
@@ -336,6 +373,11 @@ class _Prepared:
     periods: tuple[Period, ...]
     inputs: _Inputs
     boundary: turns.Boundary | None
+    # PostgreSQL: the summary and history reads, started inside the turn's transaction (see `_launch`).
+    context_reads: asyncio.Future[_ContextRows] | None = None
+
+
+_ContextRows = tuple[turns.SummaryRow | None, list[turns.MessageRow]]
 
 
 class TurnService:
@@ -357,6 +399,7 @@ class TurnService:
         self._providers = providers
         self._config = config
         self._clock = clock
+        self._fan_out_reads = database.url.dialect != "sqlite"
         self.finalizer = Finalizer(database=database, outbox=outbox, config=config, clock=clock)
         self._runs: dict[uuid.UUID, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -380,15 +423,18 @@ class TurnService:
         who = _Who(tenant_id, user_id, trace_id)
         check_content(body.content)
         request_id = body.request_id or uuid.uuid4()
-        chat = await self._require_chat(who, chat_id)
+        looked = await self._first_look(who, chat_id, request_id)
+        if looked.chat is None:
+            raise ChatNotFound(f"Chat not found: {chat_id}")
+        chat = looked.chat
         policy = await self._load_policy(who)
         if find_enabled(policy.snapshot, chat.model) is None:
             raise ChatModelUnavailable(f"The chat's model {chat.model!r} is not available")
-        if (replay := await self._idempotency(chat, request_id)) is not None:
-            return replay
-        if await turns.find_running(self._db, chat.id) is not None:
+        if looked.same_request is not None:
+            return await self._replay_or_conflict(chat, looked.same_request)
+        if looked.running is not None:
             raise TurnAlreadyRunning("A turn is already running in this chat")
-        inputs = await self._gather_inputs(chat, body)
+        inputs = await self._gather_inputs(chat, body, looked.documents, looked.vector_store_id)
         try:
             prepared = await self._reserve_and_insert(
                 who, chat, request_id, policy, inputs, body.attachment_ids
@@ -399,6 +445,27 @@ class TurnService:
                 return replay
             raise TurnAlreadyRunning("A turn is already running in this chat") from None
         return await self._launch(prepared)
+
+    async def _first_look(self, who: _Who, chat_id: uuid.UUID, request_id: uuid.UUID) -> _FirstLook:
+        """The reads a send starts with, all keyed by the chat id of the URL.
+
+        On PostgreSQL they go out at once, each on a pooled connection of its own: one round trip of waiting
+        instead of five before the turn's transaction. Nothing read is used unless the chat turns out to be
+        the caller's. On SQLite they run one after another: statements run on the loop's thread there, so a
+        fan-out would only add tasks.
+        """
+        reads: tuple[Coroutine[Any, Any, Any], ...] = (
+            chats_repo.get_live(self._db, who.tenant_id, who.user_id, chat_id),
+            turns.find_by_request(self._db, chat_id, request_id),
+            turns.find_running(self._db, chat_id),
+            turns.ready_documents(self._db, chat_id),
+            turns.vector_store_id(self._db, who.tenant_id, chat_id),
+        )
+        if self._fan_out_reads:
+            chat, same_request, running, documents, store = await asyncio.gather(*reads)
+        else:
+            chat, same_request, running, documents, store = [await read for read in reads]
+        return _FirstLook(chat, same_request, running, documents, store)
 
     async def _require_chat(self, who: _Who, chat_id: uuid.UUID) -> chats_repo.ChatRecord:
         chat = await chats_repo.get_live(self._db, who.tenant_id, who.user_id, chat_id)
@@ -420,8 +487,11 @@ class TurnService:
         existing = await turns.find_by_request(self._db, chat.id, request_id)
         if existing is None:
             return None
+        return await self._replay_or_conflict(chat, existing)
+
+    async def _replay_or_conflict(self, chat: chats_repo.ChatRecord, existing: turns.TurnRow) -> ReplayStream:
         if existing.state != "completed":
-            raise RequestIdConflict(f"Request {request_id} is already {_API_STATE[existing.state]}")
+            raise RequestIdConflict(f"Request {existing.request_id} is already {_API_STATE[existing.state]}")
         return await self._replay(chat, existing)
 
     async def _replay(self, chat: chats_repo.ChatRecord, turn: turns.TurnRow) -> ReplayStream:
@@ -453,7 +523,13 @@ class TurnService:
             ]
         )
 
-    async def _gather_inputs(self, chat: chats_repo.ChatRecord, body: SendMessageRequest) -> _Inputs:
+    async def _gather_inputs(
+        self,
+        chat: chats_repo.ChatRecord,
+        body: SendMessageRequest,
+        documents: Sequence[turns.AttachmentRow],
+        vector_store_id: str | None,
+    ) -> _Inputs:
         """The message's attachments (duplicates 400, too many images 400) and the chat's tool inputs."""
         ids = list(body.attachment_ids)
         if len(set(ids)) != len(ids):
@@ -464,11 +540,10 @@ class TurnService:
         limit = self._config.rag.max_images_per_message
         if len(images) > limit:
             raise TooManyImages(f"At most {limit} images may be attached to one message")
-        return await self._tool_inputs(
-            chat, body.content, bool(body.web_search and body.web_search.enabled), attached
-        )
+        web_search = bool(body.web_search and body.web_search.enabled)
+        return _tool_inputs(body.content, web_search, attached, documents, vector_store_id)
 
-    async def _tool_inputs(
+    async def _load_tool_inputs(
         self,
         chat: chats_repo.ChatRecord,
         content: str,
@@ -477,17 +552,7 @@ class TurnService:
     ) -> _Inputs:
         documents = await turns.ready_documents(self._db, chat.id)
         store = await turns.vector_store_id(self._db, chat.tenant_id, chat.id)
-        return _Inputs(
-            content=content,
-            web_search=web_search,
-            images=tuple(a for a in attached if a.attachment_kind == "image"),
-            attachments=attached,
-            file_search_documents=tuple(d for d in documents if d.for_file_search) if store else (),
-            code_interpreter_files=tuple(
-                d for d in documents if d.for_code_interpreter and d.provider_file_id
-            ),
-            vector_store_id=store,
-        )
+        return _tool_inputs(content, web_search, attached, documents, store)
 
     # --- preflight + the turn transaction -------------------------------------------------------------
     def _preflight(
@@ -599,73 +664,118 @@ class TurnService:
         turn_id = uuid.uuid4()
         # The outbox's transaction (nothing is enqueued here): on SQLite it queues this write behind the
         # outbox's own writes instead of racing them under the busy timeout.
-        async with self._outbox.transaction():
-            await quota_ledger.lock_user(self._db, who.tenant_id, who.user_id)
-            usage = await quota_ledger.load_usage(
-                self._db, who.tenant_id, who.user_id, periods, for_update=True
-            )
-            prior = await turns.prior_context_tokens(self._db, chat.id)
-            granted = self._preflight(chat.model, policy, inputs, usage, periods, prior)
-            # Re-read under the transaction: an attachment may have been deleted since the first look.
-            current = await turns.attachments_by_id(self._db, chat.id, attachment_ids)
-            self._check_attachments(who, list(current.values()), attachment_ids)
-            boundary = await self._boundary(chat.id)
-            await quota_ledger.apply_deltas(
-                self._db, who.tenant_id, who.user_id, reserve_writes(granted, periods), now=now
-            )
-            message_id = uuid.uuid4()
-            await turns.insert_user_message(
-                self._db,
-                message_id=message_id,
-                tenant_id=who.tenant_id,
-                chat_id=chat.id,
-                request_id=request_id,
-                content=inputs.content,
-                token_estimate=estimate_text_tokens(
-                    utf8_len(inputs.content), self._config.estimation_budgets
-                ),
-                now=now,
-            )
-            await turns.link_attachments(
-                self._db,
-                tenant_id=who.tenant_id,
-                chat_id=chat.id,
-                message_id=message_id,
-                attachment_ids=attachment_ids,
-                now=now,
-            )
-            await turns.insert_turn(
-                self._db,
-                turn_id=turn_id,
-                tenant_id=who.tenant_id,
-                chat_id=chat.id,
-                request_id=request_id,
-                requester_user_id=who.user_id,
-                web_search_enabled=inputs.web_search,
-                now=now,
-                preflight=_preflight_columns(policy.version, granted),
-            )
-        return _Prepared(who, chat, turn_id, request_id, policy, granted, periods, inputs, boundary)
+        context_reads: asyncio.Future[_ContextRows] | None = None
+        try:
+            async with self._outbox.transaction():
+                await quota_ledger.lock_user(self._db, who.tenant_id, who.user_id)
+                usage = await quota_ledger.load_usage(
+                    self._db, who.tenant_id, who.user_id, periods, for_update=True
+                )
+                newest, prior = await turns.newest_live_and_prior_tokens(self._db, chat.id)
+                granted = self._preflight(chat.model, policy, inputs, usage, periods, prior)
+                # Re-read under the transaction: an attachment may have been deleted since the first look.
+                current = await turns.attachments_by_id(self._db, chat.id, attachment_ids)
+                self._check_attachments(who, list(current.values()), attachment_ids)
+                boundary = turns.Boundary(newest.created_at, newest.id) if newest is not None else None
+                if self._fan_out_reads:
+                    # Read on other pooled connections while this transaction writes: they see the committed
+                    # chat, which the writes below do not change for them (the user message added here is
+                    # never its own turn's history).
+                    context_reads = asyncio.ensure_future(
+                        self._summary_and_history(chat.id, boundary, request_id)
+                    )
+                await quota_ledger.apply_deltas(
+                    self._db, who.tenant_id, who.user_id, reserve_writes(granted, periods), now=now
+                )
+                message_id = uuid.uuid4()
+                await turns.insert_user_message(
+                    self._db,
+                    message_id=message_id,
+                    tenant_id=who.tenant_id,
+                    chat_id=chat.id,
+                    request_id=request_id,
+                    content=inputs.content,
+                    token_estimate=estimate_text_tokens(
+                        utf8_len(inputs.content), self._config.estimation_budgets
+                    ),
+                    now=now,
+                )
+                await turns.link_attachments(
+                    self._db,
+                    tenant_id=who.tenant_id,
+                    chat_id=chat.id,
+                    message_id=message_id,
+                    attachment_ids=attachment_ids,
+                    now=now,
+                )
+                await turns.insert_turn(
+                    self._db,
+                    turn_id=turn_id,
+                    tenant_id=who.tenant_id,
+                    chat_id=chat.id,
+                    request_id=request_id,
+                    requester_user_id=who.user_id,
+                    web_search_enabled=inputs.web_search,
+                    now=now,
+                    preflight=_preflight_columns(policy.version, granted),
+                )
+        except BaseException:
+            if context_reads is not None:
+                _discard(context_reads)
+            raise
+        return _Prepared(
+            who, chat, turn_id, request_id, policy, granted, periods, inputs, boundary, context_reads
+        )
 
     async def _boundary(self, chat_id: uuid.UUID) -> turns.Boundary | None:
         newest = await turns.newest_live_message(self._db, chat_id)
         return turns.Boundary(newest.created_at, newest.id) if newest is not None else None
 
     # --- launch: context, provider, run ------------------------------------------------------------------
+    async def _summary_and_history(
+        self, chat_id: uuid.UUID, boundary: turns.Boundary | None, request_id: uuid.UUID
+    ) -> _ContextRows:
+        """The chat's thread summary and the history after its frontier (the newest `limit` messages).
+
+        On PostgreSQL both reads go out at once: the history is read without the frontier and cut at it
+        here, which gives the same rows (the rows after the frontier are a prefix of the newest-first list).
+        """
+        limit = self._config.context.recent_messages_limit
+        if not self._fan_out_reads or boundary is None:
+            summary = await turns.thread_summary(self._db, chat_id)
+            history = await turns.context_history(
+                self._db,
+                chat_id,
+                boundary=boundary,
+                frontier=summary.frontier if summary else None,
+                limit=limit,
+                exclude_request_id=request_id,
+            )
+            return summary, history
+        summary, recent = await asyncio.gather(
+            turns.thread_summary(self._db, chat_id),
+            turns.context_history(
+                self._db,
+                chat_id,
+                boundary=boundary,
+                frontier=None,
+                limit=limit,
+                exclude_request_id=request_id,
+            ),
+        )
+        return summary, turns.after_position(recent, summary.frontier) if summary else recent
+
     async def _launch(self, prepared: _Prepared) -> TurnStream:
         """Assemble the context and start the provider run; a failure here finalizes the turn as failed."""
         granted = prepared.granted
         effective = granted.effective
         assistant_message_id = uuid.uuid4()
-        summary = await turns.thread_summary(self._db, prepared.chat.id)
-        history = await turns.context_history(
-            self._db,
-            prepared.chat.id,
-            boundary=prepared.boundary,
-            frontier=summary.frontier if summary else None,
-            limit=self._config.context.recent_messages_limit,
-            exclude_request_id=prepared.request_id,
-        )
+        if prepared.context_reads is not None:
+            summary, history = await prepared.context_reads
+        else:
+            summary, history = await self._summary_and_history(
+                prepared.chat.id, prepared.boundary, prepared.request_id
+            )
         tools, tool_specs = self._tools(effective, prepared)
         base_ctx = self._turn_context(prepared, assistant_message_id, summary_trigger=None)
         try:
@@ -1037,7 +1147,7 @@ class TurnService:
             policy = await self._load_policy(who)
             if find_enabled(policy.snapshot, chat.model) is None:
                 raise ChatModelUnavailable(f"The chat's model {chat.model!r} is not available")
-            inputs = await self._tool_inputs(chat, content, web_search, attached)
+            inputs = await self._load_tool_inputs(chat, content, web_search, attached)
             now = self._clock()
             periods = tuple(periods_for(now))
             async with self._outbox.transaction():

@@ -24,6 +24,7 @@ import databases
 
 from minichat_host import constants
 from minichat_host.config import Config
+from minichat_host.db.engine import keep_session_state
 from minichat_host.db.repos import quota_ledger, turns
 from minichat_host.domain import events
 from minichat_host.domain.billing import ORPHAN_TIMEOUT, derive_billing
@@ -79,7 +80,9 @@ class OrphanWatchdog:
         if not self._postgres:
             return await self._scan()
         async with self._db.connection() as connection:
-            # Session-level lock on the connection this task's queries run on, released before it goes back.
+            # Session-level lock on the connection this task's queries run on, released before it goes back
+            # (and the connection fully reset on its way back, should the unlock not run).
+            keep_session_state(connection)
             locked = await connection.fetch_val(
                 "SELECT pg_try_advisory_lock(:key)", {"key": constants.ADVISORY_LOCK_ORPHAN_WATCHDOG}
             )

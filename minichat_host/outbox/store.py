@@ -268,12 +268,55 @@ _ACQUIRE = Sql(
     RETURNING processed_seq, attempts, last_error
     """,
 )
+# PostgreSQL: the lease and its first batch in one statement (no BEGIN / COMMIT round trips). The lease is
+# taken only when the partition has something past the cursor, so idle polls never touch `attempts`; the
+# batch is read in the UPDATE's snapshot, the one the EXISTS saw.
+_ACQUIRE_WITH_BATCH = Sql(
+    f"""
+    WITH lease AS (
+        UPDATE outbox_processor SET {_ACQUIRE_SET}
+        WHERE partition_id = (
+            SELECT partition_id FROM outbox_processor WHERE {_TAKEABLE} FOR UPDATE SKIP LOCKED
+        )
+        AND EXISTS (
+            SELECT 1 FROM outbox_outgoing pending
+            WHERE pending.partition_id = $1 AND pending.seq > outbox_processor.processed_seq
+        )
+        RETURNING processed_seq, attempts, last_error
+    )
+    SELECT lease.processed_seq, lease.attempts, lease.last_error,
+           batch.seq, batch.payload, batch.payload_type, batch.created_at
+    FROM lease LEFT JOIN LATERAL (
+        SELECT o.seq, b.payload, b.payload_type, b.created_at
+        FROM outbox_outgoing o JOIN outbox_body b ON b.id = o.body_id
+        WHERE o.partition_id = $1 AND o.seq > lease.processed_seq
+        ORDER BY o.seq LIMIT $6
+    ) batch ON true
+    ORDER BY batch.seq
+    """
+)
 _ACK = Sql(
     """
     UPDATE outbox_processor
     SET processed_seq = $4, attempts = $5, last_error = $6, retry_at = $7, locked_by = $8, locked_until = $9
     WHERE partition_id = $1 AND locked_by = $2 AND processed_seq = $3
     RETURNING partition_id
+    """
+)
+# PostgreSQL: the ack of a batch that ends the turn (no dead letters, lease given back) in one statement.
+_ACK_AND_BUMP = Sql(
+    """
+    WITH acked AS (
+        UPDATE outbox_processor
+        SET processed_seq = $4, attempts = $5, last_error = $6, retry_at = $7, locked_by = $8,
+            locked_until = $9
+        WHERE partition_id = $1 AND locked_by = $2 AND processed_seq = $3
+        RETURNING partition_id
+    ), bumped AS (
+        UPDATE outbox_vacuum_counter SET counter = counter + 1
+        WHERE partition_id = (SELECT partition_id FROM acked) AND $10::boolean
+    )
+    SELECT partition_id FROM acked
     """
 )
 _BUMP_VACUUM = Sql("UPDATE outbox_vacuum_counter SET counter = counter + 1 WHERE partition_id = $1")
@@ -313,9 +356,12 @@ async def acquire_lease(
     """Take the partition's lease and read the next batch, or None (held elsewhere, backing off, or empty).
 
     The lease is a conditional UPDATE: free, expired, or already ours, and past any retry backoff. With
-    nothing to deliver the transaction rolls back, so idle polls never touch `attempts`.
+    nothing to deliver the transaction rolls back, so idle polls never touch `attempts`. PostgreSQL takes
+    the lease and reads the batch in one statement instead (`_ACQUIRE_WITH_BATCH`).
     """
     args = (partition_id, worker, sql.timestamp(dialect, lease_until), sql.timestamp(dialect, now))
+    if dialect == "postgresql":
+        return await _acquire_with_batch(db, partition_id, worker, args, batch)
     transaction = await db.transaction()
     try:
         row = await sql.fetch_one(db, dialect, _ACQUIRE, *args, INTERRUPTED_PREFIX)
@@ -328,6 +374,22 @@ async def acquire_lease(
         return None
     await transaction.commit()
     return Lease(int(row[0]), int(row[1]), str(row[2] or "").startswith(INTERRUPTED_PREFIX), rows)
+
+
+async def _acquire_with_batch(
+    db: databases.Database, partition_id: int, worker: str, args: tuple[Any, ...], batch: int
+) -> Lease | None:
+    found = await sql.fetch(db, "postgresql", _ACQUIRE_WITH_BATCH, *args, INTERRUPTED_PREFIX, batch)
+    if not found:
+        return None
+    head = found[0]
+    rows = [OutgoingRow(int(r[3]), bytes(r[4]), str(r[5]), sql.parse_timestamp(r[6])) for r in found]
+    if head[3] is None:
+        # Not expected (the batch is read in the snapshot that found it non-empty): give the lease back.
+        await release_lease(db, "postgresql", partition_id, worker, uncount_attempt=True)
+        return None
+    interrupted = str(head[2] or "").startswith(INTERRUPTED_PREFIX)
+    return Lease(int(head[0]), int(head[1]), interrupted, rows)
 
 
 class AckPlan(NamedTuple):
@@ -350,9 +412,29 @@ async def guarded_ack(
 
     Raises LeaseLost (and rolls everything back, dead letters included) when the lease moved to another
     worker or the cursor is not where this batch started. Returns the next batch when the lease is kept.
+    On PostgreSQL the common ack - no dead letters, lease given back - is one statement (`_ACK_AND_BUMP`).
     """
     keep = plan.extend_until is not None
     rows: list[OutgoingRow] = []
+    if dialect == "postgresql" and not keep and not plan.dead_letters:
+        guarded = await sql.fetch_one(
+            db,
+            dialect,
+            _ACK_AND_BUMP,
+            partition_id,
+            worker,
+            plan.expected_seq,
+            plan.new_seq,
+            plan.attempts,
+            plan.last_error,
+            plan.retry_at,
+            None,
+            None,
+            plan.new_seq > plan.expected_seq,
+        )
+        if guarded is None:
+            raise LeaseLost(f"partition {partition_id}: lease no longer held by {worker}")
+        return rows
     async with db.transaction():
         guarded = await sql.fetch_one(
             db,

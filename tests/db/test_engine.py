@@ -19,6 +19,7 @@ from minichat_host.db.engine import (
     connect_database,
     dialect_name,
     is_unavailable_error,
+    keep_session_state,
     masked_url,
     sqlite_path,
 )
@@ -198,6 +199,45 @@ async def test_naive_datetimes_are_refused(database: databases.Database) -> None
                 updated_at=naive,
             )
         )
+
+
+# --- PostgreSQL pool resets -----------------------------------------------------------------------------
+
+
+async def test_postgresql_release_sends_no_reset_query(pg_db_url: str) -> None:
+    """A statement outside a transaction is one round trip: the pool does not send asyncpg's reset query."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    sent: list[str] = []
+    try:
+        async with database.connection() as connection:
+            raw = connection.raw_connection
+            raw.add_query_logger(lambda record: sent.append(record.query))
+        for _ in range(3):
+            await database.fetch_val(sa.text("SELECT 1"))
+        async with database.transaction():
+            await database.fetch_val(sa.text("SELECT 2"))
+        await database.fetch_val(sa.text("SELECT 3"))
+    finally:
+        await database.disconnect()
+    assert not any("RESET ALL" in query or "pg_advisory_unlock_all" in query for query in sent), sent
+    assert sum(query.startswith("SELECT") for query in sent) == 5, sent
+
+
+async def test_postgresql_session_lock_is_released_when_its_connection_goes_back(pg_db_url: str) -> None:
+    """A connection marked with keep_session_state is fully reset on release: a session-level advisory lock
+    its holder did not unlock (it was cancelled, say) does not stay with the pooled connection."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(async_driver_url(pg_db_url).replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with database.connection() as connection:
+            keep_session_state(connection)
+            assert await connection.fetch_val(sa.text("SELECT pg_try_advisory_lock(424242)"))
+            assert not await other.fetchval("SELECT pg_try_advisory_lock(424242)")
+        await database.fetch_val(sa.text("SELECT 1"))  # the same pooled connection, used again
+        assert await other.fetchval("SELECT pg_try_advisory_lock(424242)")
+    finally:
+        await other.close()
+        await database.disconnect()
 
 
 # --- "database unavailable" ------------------------------------------------------------------------------

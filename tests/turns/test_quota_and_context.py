@@ -232,3 +232,45 @@ async def test_history_query_respects_boundary_frontier_and_limit(harness: Harne
     rows = await turns_repo.context_history(harness.db, chat_id, boundary=boundary, frontier=None, limit=2)
     assert [r.content for r in rows] == ["m3", "m4"]
     assert await turns_repo.context_history(harness.db, chat_id, boundary=None, frontier=None, limit=10) == []
+
+
+async def test_history_cut_at_the_frontier_equals_the_frontier_query(harness: Harness) -> None:
+    # PostgreSQL reads the summary and the history at once and cuts the history at the frontier afterwards
+    # (TurnService._summary_and_history): it must give the rows the frontier's own query gives, ties on
+    # created_at included, for every frontier position and limit.
+    chat_id = uuid.UUID(await harness.create_chat())
+    base = utc_now() - dt.timedelta(minutes=10)
+    stamps = [base, base, base + dt.timedelta(seconds=1), base + dt.timedelta(seconds=1), base]
+    stamps += [base + dt.timedelta(seconds=2)] * 3
+    for index, created_at in enumerate(stamps):
+        await harness.db.execute(
+            messages.insert().values(
+                id=uuid.uuid4(),
+                tenant_id=TENANT,
+                chat_id=chat_id,
+                request_id=uuid.uuid4(),
+                role="user" if index % 2 == 0 else "assistant",
+                content=f"m{index}",
+                created_at=created_at,
+            )
+        )
+    everything = await turns_repo.context_history(
+        harness.db,
+        chat_id,
+        boundary=turns_repo.Boundary(base + dt.timedelta(hours=1), uuid.UUID(int=0)),
+        frontier=None,
+        limit=100,
+    )
+    assert len(everything) == len(stamps)
+    boundary = turns_repo.Boundary(everything[-2].created_at, everything[-2].id)
+    for position in everything:
+        frontier = turns_repo.Boundary(position.created_at, position.id)
+        for limit in (1, 2, 3, 5, 100):
+            by_query = await turns_repo.context_history(
+                harness.db, chat_id, boundary=boundary, frontier=frontier, limit=limit
+            )
+            unfiltered = await turns_repo.context_history(
+                harness.db, chat_id, boundary=boundary, frontier=None, limit=limit
+            )
+            cut = turns_repo.after_position(unfiltered, frontier)
+            assert [r.id for r in cut] == [r.id for r in by_query], (position.content, limit)

@@ -502,6 +502,27 @@ _NEWEST_LIVE_MESSAGE = Prepared(
     .limit(1),
     "newest live message",
 )
+_PRIOR = messages.alias("prior")
+_NEWEST_LIVE_WITH_PRIOR_TOKENS = Prepared(
+    sa.select(
+        *_MESSAGE_COLUMNS,
+        sa.select(_PRIOR.c.input_tokens + _PRIOR.c.output_tokens)
+        .where(
+            _PRIOR.c.chat_id == sa.bindparam("chat_id"),
+            _PRIOR.c.role == "assistant",
+            _PRIOR.c.deleted_at.is_(None),
+            sa.or_(_PRIOR.c.input_tokens > 0, _PRIOR.c.output_tokens > 0),
+        )
+        .order_by(_PRIOR.c.created_at.desc(), _PRIOR.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("prior_context_tokens"),
+    )
+    .where(messages.c.chat_id == sa.bindparam("chat_id"), messages.c.deleted_at.is_(None))
+    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    .limit(1),
+    "newest live message with prior context tokens",
+)
 _PRIOR_CONTEXT_TOKENS = Prepared(
     sa.select(messages.c.input_tokens, messages.c.output_tokens)
     .where(
@@ -540,6 +561,16 @@ async def newest_live_message(db: databases.Database, chat_id: uuid.UUID) -> Mes
     """The snapshot boundary: the chat's newest live message by (created_at, id)."""
     record = await _NEWEST_LIVE_MESSAGE.fetch_one(db, chat_id=chat_id)
     return MessageRow.from_record(record) if record is not None else None
+
+
+async def newest_live_and_prior_tokens(
+    db: databases.Database, chat_id: uuid.UUID
+) -> tuple[MessageRow | None, int]:
+    """`newest_live_message` and `prior_context_tokens` in one statement (a turn's start reads both)."""
+    record = await _NEWEST_LIVE_WITH_PRIOR_TOKENS.fetch_one(db, chat_id=chat_id)
+    if record is None:
+        return None, 0  # no live message, so no live assistant message either
+    return MessageRow.from_record(record), int(record["prior_context_tokens"] or 0)
 
 
 async def prior_context_tokens(db: databases.Database, chat_id: uuid.UUID) -> int:
@@ -586,6 +617,16 @@ async def context_history(
     statement = _CONTEXT_HISTORY[frontier is not None, exclude_request_id is not None]
     records = await statement.fetch_all(db, **values)
     return [MessageRow.from_record(r) for r in reversed(records)]
+
+
+def after_position(rows: list[MessageRow], position: Boundary) -> list[MessageRow]:
+    """The rows (oldest first) after `position` in the (created_at, id) order, as `frontier` selects them."""
+    return [
+        row
+        for row in rows
+        if row.created_at > position.created_at
+        or (row.created_at == position.created_at and row.id > position.message_id)
+    ]
 
 
 def _context_history(with_frontier: bool, with_exclusion: bool) -> Prepared:
