@@ -566,21 +566,25 @@ class _CachedPostgresConnection(PostgresConnection):
         self._session_state = True
 
     async def release(self) -> None:
-        if self._session_state:
-            self._session_state = False
-            connection = self._connection
-            if connection is not None and not connection.is_closed():
-                # What asyncpg's own reset would run (see `_reset_session` for why the pool skips it).
-                with contextlib.suppress(Exception):  # a broken connection is terminated by the pool below
-                    await connection.execute(connection.get_reset_query())
         # When the server went away, asyncpg's reset on release fails: it terminates the connection (its pool
         # slot is free again) and re-raises. databases would keep the dead reference, and every later acquire
         # of this task's connection would fail with "Connection is already acquired" - wedging long-lived
         # tasks (the outbox loops, the watchdog) until a restart. Forget it either way.
         try:
+            if self._session_state:
+                await self._reset_session_state()
             await super().release()
         finally:
+            self._session_state = False
             self._connection = None
+
+    async def _reset_session_state(self) -> None:
+        """What asyncpg's own reset would run (see `_reset_session` for why the pool skips it)."""
+        # A connection that broke (even one asyncpg already took back: its proxy then raises on every
+        # call) is terminated by the pool's release; nothing to reset.
+        with contextlib.suppress(Exception):
+            connection: Any = self._connection
+            await connection.execute(connection.get_reset_query())
 
 
 class MinichatPostgresBackend(PostgresBackend):

@@ -54,7 +54,11 @@ class Prepared:
         self.name = name
         self._forms: dict[tuple[str, frozenset[str] | None], CompiledForm] = {}
         # INSERT / UPDATE written without .values(): the columns set are those a call gives values for.
-        self._columns_from_values = isinstance(statement, Insert | Update) and not statement._values
+        self._columns_from_values = (
+            isinstance(statement, Insert | Update)
+            and not statement._values
+            and not getattr(statement, "_multi_values", ())
+        )
 
     def column_keys(self, values: Mapping[str, Any]) -> frozenset[str] | None:
         return frozenset(values) if self._columns_from_values else None

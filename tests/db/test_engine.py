@@ -240,6 +240,23 @@ async def test_postgresql_session_lock_is_released_when_its_connection_goes_back
         await database.disconnect()
 
 
+async def test_a_marked_connection_that_broke_is_forgotten(pg_server: str, pg_db_url: str) -> None:
+    """The server ends a session marked with keep_session_state mid-query: the release must still drop it,
+    or every later query of the task fails with "Connection is already acquired" (the watchdog wedged)."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(Exception) as caught:
+            async with database.connection() as connection:
+                keep_session_state(connection)
+                pid = await connection.fetch_val(sa.text("SELECT pg_backend_pid()"))
+                pg.execute_admin(pg_server, f"SELECT pg_terminate_backend({int(pid)})")
+                await connection.fetch_val(sa.text("SELECT pg_try_advisory_lock(424243)"))
+        assert is_unavailable_error(caught.value)
+        assert await database.fetch_val(sa.text("SELECT 2")) == 2  # the same task, a new connection
+    finally:
+        await database.disconnect()
+
+
 # --- "database unavailable" ------------------------------------------------------------------------------
 
 

@@ -8,9 +8,10 @@ import uuid
 
 import databases
 import pytest
+import sqlalchemy as sa
 
 from minichat_host.db.repos import quota_ledger, turns
-from minichat_host.db.tables import chats
+from minichat_host.db.tables import chats, quota_usage
 from minichat_host.domain.models import BucketDelta, Period
 
 TENANT = uuid.uuid4()
@@ -73,6 +74,29 @@ async def test_reserve_upsert_then_settle(database: databases.Database) -> None:
     for row in rows.values():
         assert (row.reserved_credits_micro, row.spent_credits_micro, row.web_search_calls) == (0, 1500, 2)
     assert await quota_ledger.reserved_total(database, TENANT, USER) == 0
+
+
+async def test_one_statement_upsert_equals_row_by_row(database: databases.Database) -> None:
+    # Non-negative deltas for several rows go in one statement; one at a time they take the row-by-row path.
+    other = uuid.uuid4()
+    deltas = [
+        BucketDelta(p.period_type, p.period_start, bucket, reserved_delta=7 + n, spent_delta=n, calls_delta=1)
+        for n, (p, bucket) in enumerate((p, b) for p in PERIODS for b in ("total", "premium"))
+    ]
+    for _ in range(2):  # the first call inserts, the second adds to the rows
+        await quota_ledger.apply_deltas(database, TENANT, USER, deltas, now=NOW)
+        for delta in deltas:
+            await quota_ledger.apply_deltas(database, TENANT, other, [delta], now=NOW)
+    kept = [c for c in quota_usage.c if c.name not in ("id", "user_id")]
+
+    async def rows_of(user_id: uuid.UUID) -> list[tuple[object, ...]]:
+        query = sa.select(*kept).where(quota_usage.c.user_id == user_id)
+        return sorted(tuple(row) for row in await database.fetch_all(query.order_by(*kept[:4])))
+
+    together = await rows_of(USER)
+    assert len(together) == 4 and together == await rows_of(other)
+    usage = await quota_ledger.load_usage(database, TENANT, USER, PERIODS)
+    assert usage[("daily", dt.date(2026, 3, 5), "premium")].reserved_credits_micro == 2 * 8
 
 
 async def test_release_never_goes_below_zero(database: databases.Database) -> None:

@@ -159,8 +159,18 @@ async def apply_deltas(
     merged = _merged(deltas)
     if not merged:
         return
+    ordered = sorted(merged, key=lambda d: (d.period_type, d.period_start, d.bucket))
+    if 1 < len(ordered) <= _MAX_ROWS_PER_UPSERT and all(
+        getattr(delta, field) >= 0 for delta in ordered for field, _ in _DELTA_COLUMNS
+    ):
+        # Only additions (a turn's reserve, say): one statement for all rows.
+        rows: dict[str, Any] = {}
+        for index, delta in enumerate(ordered):
+            rows.update(_row_values(tenant_id, user_id, delta, now, suffix=f"_{index}"))
+        await _MULTI_UPSERTS[db.url.dialect, len(ordered)].execute(db, **rows)
+        return
     upsert = _UPSERTS[db.url.dialect]
-    for delta in sorted(merged, key=lambda d: (d.period_type, d.period_start, d.bucket)):
+    for delta in ordered:
         values: dict[str, Any] = {
             "id": uuid.uuid4(),
             "tenant_id": tenant_id,
@@ -175,6 +185,23 @@ async def apply_deltas(
             values[column] = max(0, amount) if column == "reserved_credits_micro" else amount
             values[f"add_{column}"] = amount
         await upsert.execute(db, **values)
+
+
+def _row_values(
+    tenant_id: uuid.UUID, user_id: uuid.UUID, delta: BucketDelta, now: dt.datetime, *, suffix: str
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        f"id{suffix}": uuid.uuid4(),
+        f"tenant_id{suffix}": tenant_id,
+        f"user_id{suffix}": user_id,
+        f"period_type{suffix}": delta.period_type,
+        f"period_start{suffix}": delta.period_start,
+        f"bucket{suffix}": delta.bucket,
+        f"updated_at{suffix}": now,
+    }
+    for field, column in _DELTA_COLUMNS:
+        values[f"{column}{suffix}"] = int(getattr(delta, field))
+    return values
 
 
 def _merged(deltas: Iterable[BucketDelta]) -> list[BucketDelta]:
@@ -216,6 +243,36 @@ def _upsert(dialect: str) -> Prepared:
 
 
 _UPSERTS: Final = {dialect: _upsert(dialect) for dialect in ("sqlite", "postgresql")}
+
+
+def _multi_upsert(dialect: str, count: int) -> Prepared:
+    """`count` rows of non-negative deltas in one upsert: each row's insert values are its deltas, so the
+    conflict update adds `excluded`'s (a row key appears once: `_merged`)."""
+    insert = (pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert)(quota_usage)
+    columns = ["id", "tenant_id", "user_id", "period_type", "period_start", "bucket", "updated_at"]
+    columns += [column for _, column in _DELTA_COLUMNS]
+    statement = insert.values(
+        [
+            {name: sa.bindparam(f"{name}_{index}", type_=quota_usage.c[name].type) for name in columns}
+            for index in range(count)
+        ]
+    )
+    updates: dict[str, Any] = {"updated_at": statement.excluded.updated_at}
+    for _, column in _DELTA_COLUMNS:
+        updates[column] = quota_usage.c[column] + statement.excluded[column]
+    return Prepared(
+        statement.on_conflict_do_update(index_elements=list(_KEY_COLUMNS), set_=updates),
+        f"usage upsert of {count} rows ({dialect})",
+    )
+
+
+# A turn's reserve writes one row per period (day, month) and bucket: a few rows at most.
+_MAX_ROWS_PER_UPSERT: Final = 8
+_MULTI_UPSERTS: Final = {
+    (dialect, count): _multi_upsert(dialect, count)
+    for dialect in ("sqlite", "postgresql")
+    for count in range(2, _MAX_ROWS_PER_UPSERT + 1)
+}
 
 
 async def reserved_total(
