@@ -562,7 +562,7 @@ class _CachedPostgresConnection(PostgresConnection):
         return LeanRecord(values, derived["index"])  # type: ignore[arg-type]  # a list serves as the row
 
     def keep_session_state(self) -> None:
-        """This connection takes session-level state (an advisory lock): reset it fully on release."""
+        """This connection takes session-level state (an advisory lock): close it on release, not reuse it."""
         self._session_state = True
 
     async def release(self) -> None:
@@ -571,20 +571,16 @@ class _CachedPostgresConnection(PostgresConnection):
         # of this task's connection would fail with "Connection is already acquired" - wedging long-lived
         # tasks (the outbox loops, the watchdog) until a restart. Forget it either way.
         try:
-            if self._session_state:
-                await self._reset_session_state()
+            if self._session_state and self._connection is not None:
+                # Closed rather than reset with a query: one more await here could be cut off by a
+                # cancellation (shutdown) before the connection went back, and the pool's close would then
+                # wait for it forever. The pool opens a new connection when one is needed.
+                with contextlib.suppress(Exception):  # a proxy asyncpg already took back raises
+                    self._connection.terminate()
             await super().release()
         finally:
             self._session_state = False
             self._connection = None
-
-    async def _reset_session_state(self) -> None:
-        """What asyncpg's own reset would run (see `_reset_session` for why the pool skips it)."""
-        # A connection that broke (even one asyncpg already took back: its proxy then raises on every
-        # call) is terminated by the pool's release; nothing to reset.
-        with contextlib.suppress(Exception):
-            connection: Any = self._connection
-            await connection.execute(connection.get_reset_query())
 
 
 class MinichatPostgresBackend(PostgresBackend):
@@ -717,14 +713,14 @@ async def _reset_session(connection: asyncpg.Connection) -> None:
     asyncpg's default runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
     release - and databases releases after every statement outside a transaction, so each of those cost two
     round trips (a turn's start on PostgreSQL made ~10 of them). minichat sets no session variables, opens
-    no cursors and LISTENs nowhere; the one session-level lock (the orphan watchdog's) is taken on a
-    connection marked with `keep_session_state`, whose release runs the full reset query first.
+    no cursors and LISTENs nowhere; the one session-level lock (the orphan watchdog's, once a minute) is
+    taken on a connection marked with `keep_session_state`, which is closed on release instead of reused.
     """
 
 
 def keep_session_state(connection: Connection) -> None:
     """Mark the task's PostgreSQL connection (inside `async with database.connection()`) as taking
-    session-level state, so it is fully reset before it goes back to the pool; a no-op on SQLite."""
+    session-level state, so it is closed instead of going back to the pool; a no-op on SQLite."""
     backend = connection._connection
     if isinstance(backend, _CachedPostgresConnection):
         backend.keep_session_state()

@@ -81,7 +81,7 @@ class OrphanWatchdog:
             return await self._scan()
         async with self._db.connection() as connection:
             # Session-level lock on the connection this task's queries run on, released before it goes back
-            # (and the connection fully reset on its way back, should the unlock not run).
+            # (and the connection closed on its way back, should the unlock not run).
             keep_session_state(connection)
             locked = await connection.fetch_val(
                 "SELECT pg_try_advisory_lock(:key)", {"key": constants.ADVISORY_LOCK_ORPHAN_WATCHDOG}

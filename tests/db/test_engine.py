@@ -224,7 +224,7 @@ async def test_postgresql_release_sends_no_reset_query(pg_db_url: str) -> None:
 
 
 async def test_postgresql_session_lock_is_released_when_its_connection_goes_back(pg_db_url: str) -> None:
-    """A connection marked with keep_session_state is fully reset on release: a session-level advisory lock
+    """A connection marked with keep_session_state is closed on release: a session-level advisory lock
     its holder did not unlock (it was cancelled, say) does not stay with the pooled connection."""
     database = await connect_database(pg_db_url, min_size=1, max_size=1)
     other = await asyncpg.connect(async_driver_url(pg_db_url).replace("postgresql+asyncpg", "postgresql"))
@@ -254,6 +254,28 @@ async def test_a_marked_connection_that_broke_is_forgotten(pg_server: str, pg_db
         assert is_unavailable_error(caught.value)
         assert await database.fetch_val(sa.text("SELECT 2")) == 2  # the same task, a new connection
     finally:
+        await database.disconnect()
+
+
+async def test_a_marked_connection_goes_back_when_its_task_is_cancelled(pg_db_url: str) -> None:
+    """Shutdown cancels the watchdog mid-scan: its marked connection must still leave the pool's books, or
+    the pool's close waits for it forever."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=2)
+    holding = asyncio.Event()
+
+    async def scan() -> None:
+        async with database.connection() as connection:
+            keep_session_state(connection)
+            await connection.fetch_val(sa.text("SELECT pg_try_advisory_lock(424244)"))
+            holding.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(scan())
+    await holding.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(10):
         await database.disconnect()
 
 
