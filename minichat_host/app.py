@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from minichat_host.api import console, health
 from minichat_host.api.admin import ADMIN_OUTBOX_KEY, METRICS_REGISTRY_KEY
 from minichat_host.api.attachments import ATTACHMENT_SERVICE_KEY
-from minichat_host.api.problems import problem_middleware, request_id_middleware
+from minichat_host.api.edge import edge_middleware
 from minichat_host.api.routes import register_all
 from minichat_host.api.services import CHAT_SERVICES_KEY, build_chat_services
 from minichat_host.api.turns import TURN_SERVICE_KEY
-from minichat_host.auth import Authenticator, auth_middleware
+from minichat_host.auth import Authenticator
 from minichat_host.config import Config
 from minichat_host.db.engine import connect_database, dialect_name
 from minichat_host.db.migrate import aupgrade
@@ -193,11 +193,7 @@ def create_app(
 ) -> web.Application:
     prefix = config.server.url_prefix.rstrip("/")
     app = web.Application(
-        middlewares=[
-            request_id_middleware,
-            problem_middleware,
-            auth_middleware(Authenticator(config.auth), prefix),
-        ],
+        middlewares=[edge_middleware(Authenticator(config.auth), prefix)],
         client_max_size=config.server.max_json_body_bytes,
     )
     app[CONFIG_KEY] = config

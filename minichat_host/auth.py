@@ -12,7 +12,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -176,22 +175,6 @@ class Authenticator:
             user_id=_as_uuid(user, "user"),
             is_admin=request.headers.get(cfg.admin_header, "").lower() in ("1", "true", "yes"),
         )
-
-
-def auth_middleware(
-    authenticator: Authenticator, prefix: str
-) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Authenticate every request under the API prefix (health endpoints at the root stay open)."""
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.path.startswith(prefix + "/"):
-            request[IDENTITY_KEY] = authenticator.authenticate(request)
-        return await handler(request)
-
-    return middleware
 
 
 def identity(request: web.Request) -> Identity:

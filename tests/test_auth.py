@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from minichat_host.api.problems import problem_middleware
-from minichat_host.auth import Authenticator, auth_middleware, check_bind_allowed, identity, require_admin
+from minichat_host.api.edge import edge_middleware
+from minichat_host.auth import Authenticator, check_bind_allowed, identity, require_admin
 from minichat_host.config import ConfigError, parse_config
 
 TENANT = str(uuid.uuid4())
@@ -28,7 +28,7 @@ ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 def make_app(auth: dict[str, Any]) -> web.Application:
     config = parse_config({"auth": auth}, env={})
-    app = web.Application(middlewares=[problem_middleware, auth_middleware(Authenticator(config.auth), "/p")])
+    app = web.Application(middlewares=[edge_middleware(Authenticator(config.auth), "/p")])
 
     async def whoami(request: web.Request) -> web.Response:
         who = identity(request)

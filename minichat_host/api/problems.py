@@ -117,14 +117,11 @@ def _trace_id(request: web.Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@web.middleware
-async def problem_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def problem_for_exception(request: web.Request, exc: Exception) -> web.Response | None:
+    """The problem+json answer for an exception a handler raised; None when it must propagate (a redirect,
+    a client that went away)."""
     trace_id = _trace_id(request)
-    try:
-        return await handler(request)
-    except ProblemError as exc:
+    if isinstance(exc, ProblemError):
         return problem_response(
             exc.status,
             exc.code,
@@ -135,7 +132,7 @@ async def problem_middleware(
             trace_id=trace_id,
             quota_scope=exc.extra.get("quota_scope"),
         )
-    except DomainError as exc:
+    if isinstance(exc, DomainError):
         return problem_response(
             exc.status,
             exc.code,
@@ -144,42 +141,60 @@ async def problem_middleware(
             trace_id=trace_id,
             quota_scope=(exc.extra or {}).get("quota_scope"),
         )
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         code = _FRAMEWORK_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return problem_response(
             exc.status, code, detail, title=exc.reason, headers=headers, trace_id=trace_id
         )
-    except (ConnectionResetError, web.HTTPClientError):
-        raise
-    except Exception as exc:
-        if is_unavailable_error(exc):
-            log.warning("database unavailable: %s", exc.__class__.__name__)
-            return problem_response(
-                503,
-                "service_unavailable",
-                "The database is unavailable; try again shortly.",
-                headers={"Retry-After": "1"},
-                trace_id=trace_id,
-            )
-        log.exception("unhandled error on %s %s", request.method, request.path)
+    if isinstance(exc, ConnectionResetError):
+        return None
+    if is_unavailable_error(exc):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
         return problem_response(
-            500, "internal_error", "An internal error occurred.", title="Internal Error", trace_id=trace_id
+            503,
+            "service_unavailable",
+            "The database is unavailable; try again shortly.",
+            headers={"Retry-After": "1"},
+            trace_id=trace_id,
         )
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return problem_response(
+        500, "internal_error", "An internal error occurred.", title="Internal Error", trace_id=trace_id
+    )
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as exc:
+        response = problem_for_exception(request, exc)
+        if response is None:
+            raise
+        return response
+
+
+def assign_request_id(request: web.Request) -> str:
+    """The request's id: the client's `X-Request-Id` when it is a short printable token, else a new one."""
+    incoming = request.headers.get("X-Request-Id", "")
+    # Echoed into a header and the logs: only a short printable ASCII token is kept.
+    usable = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
+    request_id = incoming if usable else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    return request_id
 
 
 @web.middleware
 async def request_id_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    incoming = request.headers.get("X-Request-Id", "")
-    # Echoed into a header and the logs: only a short printable ASCII token is kept.
-    usable = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
-    request_id = incoming if usable else uuid.uuid4().hex
-    request[REQUEST_ID_KEY] = request_id
+    request_id = assign_request_id(request)
     response = await handler(request)
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id

@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, Protocol
 
@@ -912,27 +912,7 @@ class TurnService:
         turn_id = prepared.turn_id
         streaming = self._config.streaming
         quota = self._config.quota
-
-        async def record_progress() -> None:
-            try:
-                await turns.touch_progress(self._db, turn_id, self._clock())
-            except Exception:
-                log.warning("turn %s: recording progress failed", turn_id, exc_info=True)
-
-        async def count_tool(tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
-            try:
-                await turns.increment_tool_count(self._db, turn_id, tool, self._clock())
-            except Exception:
-                log.warning("turn %s: counting a %s call failed", turn_id, tool, exc_info=True)
-
-        # The pump is cancelled when the client leaves; its writes run in their own tasks so a cancellation
-        # never lands inside a transaction (which would leave the pooled connection checked out).
-        async def on_progress() -> None:
-            await asyncio.shield(self._background(record_progress()))
-
-        async def on_tool_done(tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
-            await asyncio.shield(self._background(count_tool(tool)))
-
+        hooks = _RunHooks(self, ctx, turn_id)
         run = TurnRun(
             turn_id=turn_id,
             started=events.stream_started(
@@ -944,9 +924,9 @@ class TurnService:
             provider=provider,
             request=request,
             tenant_id=str(prepared.who.tenant_id),
-            finalize=lambda outcome: self.finalizer.finalize(ctx, outcome),
-            on_progress=on_progress,
-            on_tool_done=on_tool_done,
+            finalize=hooks.finalize,
+            on_progress=hooks.on_progress,
+            on_tool_done=hooks.on_tool_done,
             limits=StreamLimits(
                 ping_interval_seconds=streaming.sse_ping_interval_seconds,
                 progress_update_interval_seconds=streaming.progress_update_interval_seconds,
@@ -957,7 +937,7 @@ class TurnService:
         )
         self._runs[turn_id] = run
         task = run.start()
-        task.add_done_callback(lambda _: self._runs.pop(turn_id, None))
+        task.add_done_callback(hooks.forget)
         if self._closing:
             run.detach("shutdown")
         return run
@@ -1289,3 +1269,43 @@ __all__ = [
     "TurnStream",
     "WebSearchOption",
 ]
+
+
+class _RunHooks:
+    """A run's callbacks into its service, bound to one turn: one small object per open stream instead of a
+    closure (and its cells) per callback (bench/memory.py counts the bytes of every idle stream)."""
+
+    __slots__ = ("_ctx", "_service", "_turn_id")
+
+    def __init__(self, service: TurnService, ctx: TurnContext, turn_id: uuid.UUID) -> None:
+        self._service = service
+        self._ctx = ctx
+        self._turn_id = turn_id
+
+    def finalize(self, outcome: TurnOutcome) -> Awaitable[FinalizeResult | None]:
+        return self._service.finalizer.finalize(self._ctx, outcome)
+
+    # The pump is cancelled when the client leaves; its writes run in their own tasks so a cancellation
+    # never lands inside a transaction (which would leave the pooled connection checked out).
+    async def on_progress(self) -> None:
+        await asyncio.shield(self._service._background(self._record_progress()))
+
+    async def on_tool_done(self, tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
+        await asyncio.shield(self._service._background(self._count_tool(tool)))
+
+    def forget(self, _: object) -> None:
+        self._service._runs.pop(self._turn_id, None)
+
+    async def _record_progress(self) -> None:
+        service, turn_id = self._service, self._turn_id
+        try:
+            await turns.touch_progress(service._db, turn_id, service._clock())
+        except Exception:
+            log.warning("turn %s: recording progress failed", turn_id, exc_info=True)
+
+    async def _count_tool(self, tool: Literal["web_search", "code_interpreter", "file_search"]) -> None:
+        service, turn_id = self._service, self._turn_id
+        try:
+            await turns.increment_tool_count(service._db, turn_id, tool, service._clock())
+        except Exception:
+            log.warning("turn %s: counting a %s call failed", turn_id, tool, exc_info=True)

@@ -197,8 +197,13 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[SseEven
     parser = SseParser()
     try:
         async for chunk in response.content.iter_any():
-            for event in parser.feed(chunk):
-                yield event
+            # Popped rather than iterated: neither the chunk nor its last event stays referenced from this
+            # frame while the next chunk is awaited (an idle stream holds only what it must).
+            completed = parser.feed(chunk)
+            del chunk
+            completed.reverse()
+            while completed:
+                yield completed.pop()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise error_from_exception(exc, during="streaming") from exc
 

@@ -152,6 +152,29 @@ async def test_transactions_commit_and_roll_back(database: databases.Database) -
     assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 7
 
 
+async def test_a_finished_transaction_leaves_no_map_in_the_context(database: databases.Database) -> None:
+    # databases copies its context-local transaction map on every start and end; an empty copy left in the
+    # context of every request task and stream pump cost memory per open stream (bench/memory.py).
+    from databases.core import _ACTIVE_TRANSACTIONS
+
+    row_id = await _insert_usage_row(database)
+    assert _ACTIVE_TRANSACTIONS.get() is None
+    async with database.transaction() as outer:
+        assert outer in (_ACTIVE_TRANSACTIONS.get() or {})
+        async with database.transaction() as inner:  # a savepoint, on the same connection
+            active = _ACTIVE_TRANSACTIONS.get() or {}
+            assert outer in active and inner in active
+            await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=3))
+        assert list(_ACTIVE_TRANSACTIONS.get() or {}) == [outer]
+    assert _ACTIVE_TRANSACTIONS.get() is None
+    with pytest.raises(RuntimeError):
+        async with database.transaction():
+            raise RuntimeError("roll back")
+    assert _ACTIVE_TRANSACTIONS.get() is None
+    calls = quota_usage.c.calls
+    assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 3
+
+
 async def test_utc_datetime_round_trips_as_aware_utc(database: databases.Database) -> None:
     plus_two = dt.timezone(dt.timedelta(hours=2))
     created = dt.datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=plus_two)
