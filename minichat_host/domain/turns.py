@@ -688,17 +688,21 @@ class TurnService:
                     self._db, who.tenant_id, who.user_id, reserve_writes(granted, periods), now=now
                 )
                 message_id = uuid.uuid4()
-                await turns.insert_user_message(
+                await turns.insert_user_message_and_turn(
                     self._db,
                     message_id=message_id,
+                    turn_id=turn_id,
                     tenant_id=who.tenant_id,
                     chat_id=chat.id,
                     request_id=request_id,
+                    requester_user_id=who.user_id,
                     content=inputs.content,
                     token_estimate=estimate_text_tokens(
                         utf8_len(inputs.content), self._config.estimation_budgets
                     ),
+                    web_search_enabled=inputs.web_search,
                     now=now,
+                    preflight=_preflight_columns(policy.version, granted),
                 )
                 await turns.link_attachments(
                     self._db,
@@ -707,17 +711,6 @@ class TurnService:
                     message_id=message_id,
                     attachment_ids=attachment_ids,
                     now=now,
-                )
-                await turns.insert_turn(
-                    self._db,
-                    turn_id=turn_id,
-                    tenant_id=who.tenant_id,
-                    chat_id=chat.id,
-                    request_id=request_id,
-                    requester_user_id=who.user_id,
-                    web_search_enabled=inputs.web_search,
-                    now=now,
-                    preflight=_preflight_columns(policy.version, granted),
                 )
         except BaseException:
             if context_reads is not None:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from minichat_host.db.repos import quota_ledger, turns
-from minichat_host.db.tables import chats, quota_usage
+from minichat_host.db.tables import chat_turns, chats, messages, quota_usage
 from minichat_host.domain.models import BucketDelta, Period
 
 TENANT = uuid.uuid4()
@@ -160,6 +160,89 @@ async def test_second_running_turn_and_reused_request_id_conflict(database: data
     with pytest.raises(turns.TurnConflict):
         async with database.transaction():
             await _turn(database, chat_id, request_id)
+
+
+PREFLIGHT = turns.Preflight(
+    reserve_tokens=900,
+    max_output_tokens_applied=512,
+    reserved_credits_micro=4_500,
+    policy_version_applied=3,
+    effective_model="gpt-4o",
+    minimal_generation_floor_applied=64,
+    quota_decision="allow",
+    downgrade_from=None,
+    downgrade_reason=None,
+    provider_name="openai",
+)
+
+
+async def _send_rows(
+    db: databases.Database, chat_id: uuid.UUID, request_id: uuid.UUID, *, together: bool
+) -> tuple[uuid.UUID, uuid.UUID]:
+    message_id, turn_id = uuid.uuid4(), uuid.uuid4()
+    common = {"tenant_id": TENANT, "chat_id": chat_id, "request_id": request_id, "now": NOW}
+    if together:
+        await turns.insert_user_message_and_turn(
+            db,
+            message_id=message_id,
+            turn_id=turn_id,
+            requester_user_id=USER,
+            content="héllo",
+            token_estimate=2,
+            web_search_enabled=True,
+            preflight=PREFLIGHT,
+            **common,
+        )
+    else:
+        await turns.insert_user_message(
+            db, message_id=message_id, content="héllo", token_estimate=2, **common
+        )
+        await turns.insert_turn(
+            db,
+            turn_id=turn_id,
+            requester_user_id=USER,
+            web_search_enabled=True,
+            preflight=PREFLIGHT,
+            **common,
+        )
+    return message_id, turn_id
+
+
+async def test_message_and_turn_in_one_statement_equal_two(database: databases.Database) -> None:
+    # On PostgreSQL the send's inserts are one statement (a data-modifying CTE); the rows must be the ones
+    # the two plain inserts write, and a conflict on either index must still be a TurnConflict.
+    rows = []
+    for together in (False, True):
+        chat_id = await _chat(database)
+        message_id, turn_id = await _send_rows(database, chat_id, uuid.uuid4(), together=together)
+        message_row = await database.fetch_one(sa.select(messages).where(messages.c.id == message_id))
+        turn_row = await database.fetch_one(sa.select(chat_turns).where(chat_turns.c.id == turn_id))
+        assert message_row is not None and turn_row is not None
+        message, turn = dict(message_row._mapping), dict(turn_row._mapping)
+        for row in (message, turn):
+            for key in ("id", "chat_id", "request_id"):
+                row.pop(key)
+        rows.append((message, turn))
+    assert rows[0] == rows[1]
+    message, turn = rows[1]
+    assert (message["role"], message["content"], message["token_estimate"]) == ("user", "héllo", 2)
+    assert (turn["state"], turn["reserved_credits_micro"], turn["web_search_enabled"]) == (
+        "running",
+        4_500,
+        True,
+    )
+
+    chat_id = await _chat(database)
+    request_id = uuid.uuid4()
+    await _send_rows(database, chat_id, request_id, together=True)
+    before = await database.fetch_val(sa.select(sa.func.count()).select_from(messages))
+    with pytest.raises(turns.TurnConflict):  # a second running turn in the chat
+        async with database.transaction():
+            await _send_rows(database, chat_id, uuid.uuid4(), together=True)
+    with pytest.raises(turns.TurnConflict):  # the request's live message exists
+        async with database.transaction():
+            await _send_rows(database, chat_id, request_id, together=True)
+    assert await database.fetch_val(sa.select(sa.func.count()).select_from(messages)) == before
 
 
 async def test_concurrent_cas_has_one_winner(database: databases.Database) -> None:

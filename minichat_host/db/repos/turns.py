@@ -452,6 +452,106 @@ async def insert_user_message(
 _INSERT_MESSAGE = Prepared(messages.insert(), "insert message")
 
 
+async def insert_user_message_and_turn(
+    db: databases.Database,
+    *,
+    message_id: uuid.UUID,
+    turn_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    request_id: uuid.UUID,
+    requester_user_id: uuid.UUID,
+    content: str,
+    token_estimate: int,
+    web_search_enabled: bool,
+    now: dt.datetime,
+    preflight: Preflight,
+) -> None:
+    """A send's user message and its `running` turn; `TurnConflict` on a unique index.
+
+    On PostgreSQL one statement (the message insert as a data-modifying CTE): a round trip less on the path
+    to the first token. SQLite, whose statements run in process, runs the two inserts.
+    """
+    if db.url.dialect != "postgresql":
+        await insert_user_message(
+            db,
+            message_id=message_id,
+            tenant_id=tenant_id,
+            chat_id=chat_id,
+            request_id=request_id,
+            content=content,
+            token_estimate=token_estimate,
+            now=now,
+        )
+        await insert_turn(
+            db,
+            turn_id=turn_id,
+            tenant_id=tenant_id,
+            chat_id=chat_id,
+            request_id=request_id,
+            requester_user_id=requester_user_id,
+            web_search_enabled=web_search_enabled,
+            now=now,
+            preflight=preflight,
+        )
+        return
+    values: dict[str, Any] = {
+        "m_id": message_id,
+        "m_tenant_id": tenant_id,
+        "m_chat_id": chat_id,
+        "m_request_id": request_id,
+        "m_role": "user",
+        "m_content": content,
+        "m_token_estimate": token_estimate,
+        "m_created_at": now,
+        "t_id": turn_id,
+        "t_tenant_id": tenant_id,
+        "t_chat_id": chat_id,
+        "t_request_id": request_id,
+        "t_requester_type": "user",
+        "t_requester_user_id": requester_user_id,
+        "t_state": "running",
+        "t_web_search_enabled": web_search_enabled,
+        "t_started_at": now,
+        "t_last_progress_at": now,
+        "t_updated_at": now,
+    }
+    values.update({f"t_{name}": value for name, value in preflight.values().items()})
+    await _insert_or_conflict(_INSERT_MESSAGE_AND_TURN.execute(db, **values))
+
+
+def _message_and_turn_insert() -> sa.Insert:
+    def binds(table: sa.Table, prefix: str, names: Iterable[str]) -> dict[str, Any]:
+        return {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in names}
+
+    message = messages.insert().values(
+        binds(
+            messages,
+            "m_",
+            ("id", "tenant_id", "chat_id", "request_id", "role", "content", "token_estimate", "created_at"),
+        )
+    )
+    turn_columns = (
+        "id",
+        "tenant_id",
+        "chat_id",
+        "request_id",
+        "requester_type",
+        "requester_user_id",
+        "state",
+        "web_search_enabled",
+        "started_at",
+        "last_progress_at",
+        "updated_at",
+        *Preflight.__slots__,
+    )
+    turn = chat_turns.insert().values(binds(chat_turns, "t_", turn_columns))
+    return turn.add_cte(message.cte("new_message"))
+
+
+_INSERT_MESSAGE_AND_TURN = Prepared(_message_and_turn_insert(), "insert user message and turn")
+
+
 async def insert_assistant_message(
     db: databases.Database,
     *,
