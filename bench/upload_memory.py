@@ -28,8 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from minichat_host.api import attachments as attachments_api
-from minichat_host.api.problems import problem_middleware, request_id_middleware
-from minichat_host.auth import Authenticator, auth_middleware
+from minichat_host.api.edge import edge_middleware
+from minichat_host.auth import Authenticator
 from minichat_host.config import Config, parse_config
 from minichat_host.db.engine import connect_database, dialect_name
 from minichat_host.db.migrate import aupgrade
@@ -143,13 +143,7 @@ async def run(size_mb: int) -> dict[str, Any]:
                 database, config=config, catalog=catalog, plugins=plugins, outbox=outbox
             )
             prefix = config.server.url_prefix
-            app = web.Application(
-                middlewares=[
-                    request_id_middleware,
-                    problem_middleware,
-                    auth_middleware(Authenticator(config.auth), prefix),
-                ]
-            )
+            app = web.Application(middlewares=[edge_middleware(Authenticator(config.auth), prefix)])
             app[attachments_api.ATTACHMENT_SERVICE_KEY] = service
             attachments_api.register(app, prefix)
             runner = web.AppRunner(app)

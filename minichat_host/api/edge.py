@@ -1,10 +1,9 @@
 """The one middleware every request passes: its id, authentication under the API prefix, and problem+json
 for whatever a handler raises.
 
-One coroutine frame per request instead of three stacked middlewares (`problems.py` keeps
-`request_id_middleware` and `problem_middleware` for test apps without authentication): a streaming request
-keeps its middleware frames for as long as the stream is open (bench/memory.py), and every hot JSON request
-pays each layer's call.
+One coroutine frame per request instead of three stacked middlewares: a streaming request keeps its
+middleware frames for as long as the stream is open (bench/memory.py), and every hot JSON request pays each
+layer's call.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -167,19 +166,6 @@ def problem_for_exception(request: web.Request, exc: Exception) -> web.Response 
     )
 
 
-@web.middleware
-async def problem_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Exception as exc:
-        response = problem_for_exception(request, exc)
-        if response is None:
-            raise
-        return response
-
-
 def assign_request_id(request: web.Request) -> str:
     """The request's id: the client's `X-Request-Id` when it is a short printable token, else a new one."""
     incoming = request.headers.get("X-Request-Id", "")
@@ -188,17 +174,6 @@ def assign_request_id(request: web.Request) -> str:
     request_id = incoming if usable else uuid.uuid4().hex
     request[REQUEST_ID_KEY] = request_id
     return request_id
-
-
-@web.middleware
-async def request_id_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    request_id = assign_request_id(request)
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["X-Request-Id"] = request_id
-    return response
 
 
 # --- request parsing helpers -----------------------------------------------------------------------

@@ -98,45 +98,82 @@ class _SseResponse(EventSourceResponse):
             raise
 
 
-class _StreamWatch:
-    """Every `DISCONNECT_POLL_SECONDS`: detach the stream as soon as the client's connection is gone (even
-    while nothing is written), and write a `: ping` comment when the stream has been quiet for
-    `COMMENT_KEEPALIVE_SECONDS`.
+class StreamWatches:
+    """The app's open SSE streams, all checked by one timer every `DISCONNECT_POLL_SECONDS`.
 
-    A timer that re-arms itself rather than tasks per stream: a sleeping task costs its coroutine frames
-    (bench/memory.py counts RSS per idle stream), a timer handle a few hundred bytes.
+    One timer for every stream rather than one re-armed per stream: at 1,000 open streams that was 2,000
+    timer handles a second, and a handle and its context (~0.3 KiB) held by each idle stream
+    (bench/memory.py). The timer runs only while a stream is open.
     """
 
-    __slots__ = ("_handle", "_ping", "_request", "_response", "_stream")
+    __slots__ = ("_handle", "_watches")
 
-    def __init__(self, request: web.Request, response: _SseResponse, stream: TurnStream) -> None:
+    def __init__(self) -> None:
+        self._watches: set[_StreamWatch] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, watch: _StreamWatch) -> None:
+        self._watches.add(watch)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL_SECONDS, self._tick)
+
+    def discard(self, watch: _StreamWatch) -> None:
+        self._watches.discard(watch)
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = time.monotonic()
+        for watch in list(self._watches):  # a check may end its watch
+            watch.check(now)
+        if self._watches:
+            self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL_SECONDS, self._tick)
+
+
+SSE_WATCHES_KEY: Final = web.AppKey("minichat.sse_watches", StreamWatches)
+
+
+def install(app: web.Application) -> None:
+    """Give `app` the registry its SSE responses are watched by (before the app starts)."""
+    app[SSE_WATCHES_KEY] = StreamWatches()
+
+
+class _StreamWatch:
+    """Checked every `DISCONNECT_POLL_SECONDS` (by the app's `StreamWatches`): detach the stream as soon as
+    the client's connection is gone (even while nothing is written), and write a `: ping` comment when the
+    stream has been quiet for `COMMENT_KEEPALIVE_SECONDS`."""
+
+    __slots__ = ("_ping", "_request", "_response", "_stream", "_watches")
+
+    def __init__(
+        self, watches: StreamWatches, request: web.Request, response: _SseResponse, stream: TurnStream
+    ) -> None:
+        self._watches = watches
         self._request = request
         self._response = response
         self._stream = stream
-        self._handle: asyncio.TimerHandle | None = None
         self._ping: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._handle = asyncio.get_running_loop().call_later(DISCONNECT_POLL_SECONDS, self._check)
+        self._watches.add(self)
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._watches.discard(self)
         if self._ping is not None:
             self._ping.cancel()
             self._ping = None
 
-    def _check(self) -> None:
+    def check(self, now: float) -> None:
         transport = self._request.transport
         if transport is None or transport.is_closing():
-            self._handle = None
+            self._watches.discard(self)
             self._stream.detach()
             return
-        quiet = time.monotonic() - self._response.last_write
+        quiet = now - self._response.last_write
         if quiet >= COMMENT_KEEPALIVE_SECONDS and (self._ping is None or self._ping.done()):
             self._ping = asyncio.create_task(self._send_ping())
-        self.start()
 
     async def _send_ping(self) -> None:
         try:
@@ -156,7 +193,7 @@ async def write_sse(request: web.Request, stream: TurnStream) -> web.StreamRespo
         headers["X-Request-Id"] = trace_id
     response = _SseResponse(headers)
     finished = False
-    watcher = _StreamWatch(request, response, stream)
+    watcher = _StreamWatch(request.app[SSE_WATCHES_KEY], request, response, stream)
     try:
         await response.prepare(request)
         watcher.start()

@@ -44,6 +44,7 @@ from databases.backends.sqlite import (
 )
 from databases.core import _ACTIVE_TRANSACTIONS, Connection, DatabaseURL, Transaction
 from databases.interfaces import Record as RecordInterface
+from databases.interfaces import TransactionBackend
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.cursor import CursorResultMetaData
 from sqlalchemy.engine.interfaces import Dialect
@@ -205,19 +206,28 @@ class _ImmediateSQLiteTransaction(SQLiteTransaction):
         self._gate = gate
 
     async def start(self, is_root: bool, extra_options: dict[Any, Any]) -> None:
-        if not is_root:
-            await super().start(is_root, extra_options)
-            return
+        options = dict(extra_options)
+        first = options.pop("first_statement", None)  # see _PostgresTransaction; here just run after BEGIN
         raw = self._connection._connection
         assert raw is not None, "Connection is not acquired"
-        await self._gate.acquire()
-        try:
-            async with raw.execute("BEGIN IMMEDIATE") as cursor:
-                await cursor.close()
-        except BaseException:
-            self._gate.release()
-            raise
-        self._is_root = True
+        if not is_root:
+            await super().start(is_root, options)
+        else:
+            await self._gate.acquire()
+            try:
+                async with raw.execute("BEGIN IMMEDIATE") as cursor:
+                    await cursor.close()
+            except BaseException:
+                self._gate.release()
+                raise
+            self._is_root = True
+        if first is not None:
+            try:
+                async with raw.execute(first) as cursor:
+                    await cursor.close()
+            except BaseException:
+                await self.rollback()
+                raise
 
     async def commit(self) -> None:
         try:
@@ -489,6 +499,14 @@ class _CachedPostgresConnection(PostgresConnection):
         super().__init__(database, dialect)
         self._statements = statements
         self._session_state = False
+        self._savepoints = 0
+
+    def transaction(self) -> _PostgresTransaction:
+        return _PostgresTransaction(self)
+
+    def next_savepoint(self) -> str:
+        self._savepoints += 1
+        return f"minichat_savepoint_{self._savepoints}"
 
     def _compile(self, query: ClauseElement) -> Any:
         return self._prepare(query)[:3]
@@ -582,6 +600,59 @@ class _CachedPostgresConnection(PostgresConnection):
         finally:
             self._session_state = False
             self._connection = None
+
+
+class _PostgresTransaction(TransactionBackend):
+    """A PostgreSQL transaction (or savepoint) opened, committed and rolled back with plain statements
+    rather than asyncpg's `Transaction` object, so that its first statement can travel in BEGIN's round
+    trip: `database.transaction(first_statement=sql)` sends `BEGIN; <sql>` as one simple query.
+
+    A send's quota lock and a finalization's go out that way: a round trip less on each (they wait on a
+    server that shares the machine's cores). `sql` is literal SQL without parameters. asyncpg's pool still
+    rolls back a transaction left open on release.
+    """
+
+    def __init__(self, connection: _CachedPostgresConnection) -> None:
+        self._connection = connection
+        self._savepoint: str | None = None
+
+    def _raw(self) -> asyncpg.Connection:
+        raw = self._connection._connection
+        assert raw is not None, "Connection is not acquired"
+        return raw
+
+    async def start(self, is_root: bool, extra_options: dict[Any, Any]) -> None:
+        options = dict(extra_options)
+        first = options.pop("first_statement", None)
+        if options:
+            raise TypeError(f"unsupported transaction options: {sorted(options)}")
+        raw = self._raw()
+        if is_root:
+            opening = "BEGIN"
+        else:
+            self._savepoint = self._connection.next_savepoint()
+            opening = f"SAVEPOINT {self._savepoint}"
+        if first is None:
+            await raw.execute(opening)
+            return
+        try:
+            await raw.execute(f"{opening}; {first}")
+        except Exception:
+            # The opening may have run: undo it here rather than leave it to the pool's reset.
+            if not raw.is_closed() and raw.is_in_transaction():
+                with contextlib.suppress(Exception):
+                    await raw.execute("ROLLBACK" if is_root else f"ROLLBACK TO SAVEPOINT {self._savepoint}")
+            raise
+
+    async def commit(self) -> None:
+        await self._raw().execute(
+            "COMMIT" if self._savepoint is None else f"RELEASE SAVEPOINT {self._savepoint}"
+        )
+
+    async def rollback(self) -> None:
+        await self._raw().execute(
+            "ROLLBACK" if self._savepoint is None else f"ROLLBACK TO SAVEPOINT {self._savepoint}"
+        )
 
 
 class MinichatPostgresBackend(PostgresBackend):

@@ -66,7 +66,9 @@ class OutboxTransaction(Protocol):
 class OutboxPort(Protocol):
     """The outbox's transaction: a database transaction whose enqueued messages are announced after commit."""
 
-    def transaction(self) -> AbstractAsyncContextManager[OutboxTransaction]: ...
+    def transaction(
+        self, first_statement: str | None = None
+    ) -> AbstractAsyncContextManager[OutboxTransaction]: ...
 
     @property
     def queues(self) -> Mapping[str, Any]: ...
@@ -193,10 +195,14 @@ class Finalizer:
     async def _finalize_once(self, ctx: TurnContext, outcome: TurnOutcome) -> FinalizeResult:
         facts = ctx.facts
         now = self._clock()
-        async with self._outbox.transaction() as tx:
-            if ctx.reserve is not None:
-                # Quota rows before the turn row: the order the send transaction takes them in.
-                await quota_ledger.lock_user(self._db, facts.tenant_id, facts.user_id)
+        # Quota rows before the turn row: the order the send transaction takes them in (the user's quota
+        # lock is the transaction's first statement).
+        lock = (
+            quota_ledger.user_lock_statement(self._db, facts.tenant_id, facts.user_id)
+            if ctx.reserve is not None
+            else None
+        )
+        async with self._outbox.transaction(first_statement=lock) as tx:
             won = await turns.cas_finish(
                 self._db,
                 facts.turn_id,

@@ -666,8 +666,8 @@ class TurnService:
         # outbox's own writes instead of racing them under the busy timeout.
         context_reads: asyncio.Future[_ContextRows] | None = None
         try:
-            async with self._outbox.transaction():
-                await quota_ledger.lock_user(self._db, who.tenant_id, who.user_id)
+            lock = quota_ledger.user_lock_statement(self._db, who.tenant_id, who.user_id)
+            async with self._outbox.transaction(first_statement=lock):
                 usage = await quota_ledger.load_usage(
                     self._db, who.tenant_id, who.user_id, periods, for_update=True
                 )
@@ -1123,8 +1123,8 @@ class TurnService:
             inputs = await self._load_tool_inputs(chat, content, web_search, attached)
             now = self._clock()
             periods = tuple(periods_for(now))
-            async with self._outbox.transaction():
-                await quota_ledger.lock_user(self._db, who.tenant_id, who.user_id)
+            lock = quota_ledger.user_lock_statement(self._db, who.tenant_id, who.user_id)
+            async with self._outbox.transaction(first_statement=lock):
                 usage = await quota_ledger.load_usage(
                     self._db, who.tenant_id, who.user_id, periods, for_update=True
                 )

@@ -139,10 +139,13 @@ class OrphanWatchdog:
         billing = derive_billing("failed", ORPHAN_TIMEOUT, has_usage=False)
         now = self._clock()
         periods = periods_for(turn.started_at)
-        async with self._outbox.transaction() as tx:
-            if model is not None and turn.requester_user_id is not None:
-                # Quota rows before the turn row, the order every turn transaction uses.
-                await quota_ledger.lock_user(self._db, turn.tenant_id, turn.requester_user_id)
+        # Quota rows before the turn row, the order every turn transaction uses (the quota lock first).
+        lock = (
+            quota_ledger.user_lock_statement(self._db, turn.tenant_id, turn.requester_user_id)
+            if model is not None and turn.requester_user_id is not None
+            else None
+        )
+        async with self._outbox.transaction(first_statement=lock) as tx:
             if not await turns.cas_orphan(self._db, turn.id, stale_before=now - stale_after, now=now):
                 return False
             charge = 0

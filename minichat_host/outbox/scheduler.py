@@ -393,24 +393,26 @@ class Outbox:
     # --- enqueue --------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[OutboxTransaction]:
+    async def transaction(self, first_statement: str | None = None) -> AsyncIterator[OutboxTransaction]:
         """`async with outbox.transaction() as tx:` a database transaction; `tx.enqueue(...)` inside it.
 
         Repositories using the same `Database` in this task join the transaction. The sequencer is woken
         after the commit; an exception rolls everything back and wakes nothing. Nested blocks join the
         outer one and wake when it commits. Inside a foreign outer `database.transaction()`, the commit
         happens later than this block: the rows are then found by the reconciler, or call `notify()`.
+        `first_statement` (literal SQL) runs first, sent with the BEGIN on PostgreSQL (db/engine.py).
         """
+        options: dict[str, Any] = {} if first_statement is None else {"first_statement": first_statement}
         outer = _CURRENT_TRANSACTION.get()
         if outer is not None and outer._outbox is self:
-            async with self.database.transaction():
+            async with self.database.transaction(**options):
                 yield outer
             return
         handle = OutboxTransaction(self)
         token = _CURRENT_TRANSACTION.set(handle)
         try:
             # Connection first (on SQLite opening one is slow), then the write turn, then BEGIN.
-            async with self.database.connection(), self._write_turn(), self.database.transaction():
+            async with self.database.connection(), self._write_turn(), self.database.transaction(**options):
                 yield handle
         finally:
             _CURRENT_TRANSACTION.reset(token)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -155,31 +155,10 @@ class UpstreamClient:
         return Endpoint(url=base_url + path, params=params, headers=headers)
 
     # --- requests --------------------------------------------------------------------------------
-    @asynccontextmanager
-    async def post(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST JSON; yields a 2xx response. Any failure (or cancellation) closes the connection at once."""
-        payload = msgspec.json.encode(body)
-        try:
-            response = await self.session().post(
-                endpoint.url, params=endpoint.params, headers=endpoint.headers, data=payload
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise error_from_exception(exc, during="sending the request") from exc
-        del body, payload  # sent: this frame stays suspended for the length of a stream
-        try:
-            if response.status >= 300:
-                try:
-                    raw = await response.content.read(ERROR_BODY_LIMIT)
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    raw = b""
-                raise error_from_status(response.status, raw)
-            yield response
-        except BaseException:
-            response.close()
-            raise
-        else:
-            # At EOF this returns the connection to the pool; with unread bytes aiohttp closes it.
-            response.release()
+    def post(self, endpoint: Endpoint, body: dict[str, Any]) -> PostedRequest:
+        """`async with client.post(endpoint, body) as response:` POST JSON; the response is a 2xx one. Any
+        failure (or cancellation) closes the connection at once."""
+        return PostedRequest(self, endpoint, body)
 
     async def read_json(self, response: aiohttp.ClientResponse) -> Any:
         try:
@@ -190,6 +169,55 @@ class UpstreamClient:
             return msgspec.json.decode(raw)
         except msgspec.DecodeError:
             raise ProviderError("provider_error", "the provider sent a response that is not JSON") from None
+
+
+class PostedRequest:
+    """`UpstreamClient.post`'s context manager: a small object rather than an `@asynccontextmanager`
+    generator, whose suspended frame (and its entry in the loop's async generator set) every open stream
+    kept for its whole length (bench/memory.py)."""
+
+    __slots__ = ("_body", "_client", "_endpoint", "_response")
+
+    def __init__(self, client: UpstreamClient, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        self._client = client
+        self._endpoint: Endpoint | None = endpoint
+        self._body: dict[str, Any] | None = body
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        endpoint, body = self._endpoint, self._body
+        assert endpoint is not None and body is not None, "a request is posted once"
+        self._endpoint = self._body = None  # sent: not kept for the length of a stream
+        payload = msgspec.json.encode(body)
+        del body
+        try:
+            response = await self._client.session().post(
+                endpoint.url, params=endpoint.params, headers=endpoint.headers, data=payload
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise error_from_exception(exc, during="sending the request") from exc
+        if response.status >= 300:
+            try:
+                raw = await response.content.read(ERROR_BODY_LIMIT)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                raw = b""
+            finally:
+                response.close()
+            raise error_from_status(response.status, raw)
+        self._response = response
+        return response
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return
+        if exc_type is not None:
+            response.close()
+        else:
+            # At EOF this returns the connection to the pool; with unread bytes aiohttp closes it.
+            response.release()
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[SseEvent, None]:

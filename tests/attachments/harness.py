@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry
 from minichat_host import constants
 from minichat_host.api import attachments as attachments_api
 from minichat_host.api import chats as chats_api
-from minichat_host.api.problems import problem_middleware, request_id_middleware
+from minichat_host.api.edge import edge_middleware
 from minichat_host.api.services import CHAT_SERVICES_KEY, ChatApiServices, build_chat_services
-from minichat_host.auth import Authenticator, auth_middleware
+from minichat_host.auth import Authenticator
 from minichat_host.config import Config, parse_config
 from minichat_host.db.engine import connect_database, dialect_name
 from minichat_host.db.tables import attachments, chat_vector_stores
@@ -134,13 +134,7 @@ class Stack:
             dev_tenant_id=str(tenant_id or self.config.auth.dev_tenant_id),
             dev_user_id=str(user_id or self.config.auth.dev_user_id),
         )
-        app = web.Application(
-            middlewares=[
-                request_id_middleware,
-                problem_middleware,
-                auth_middleware(Authenticator(auth), prefix),
-            ]
-        )
+        app = web.Application(middlewares=[edge_middleware(Authenticator(auth), prefix)])
         app[CHAT_SERVICES_KEY] = self.services
         app[attachments_api.ATTACHMENT_SERVICE_KEY] = self.attachments
         chats_api.register(app, prefix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sqlite3
 import uuid
@@ -244,6 +245,67 @@ async def test_postgresql_release_sends_no_reset_query(pg_db_url: str) -> None:
         await database.disconnect()
     assert not any("RESET ALL" in query or "pg_advisory_unlock_all" in query for query in sent), sent
     assert sum(query.startswith("SELECT") for query in sent) == 5, sent
+
+
+async def test_postgresql_first_statement_travels_with_begin(pg_db_url: str) -> None:
+    """`transaction(first_statement=...)` opens the transaction and runs the statement in one round trip
+    (a send's quota lock); the lock is the transaction's and goes with its commit."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    other = await asyncpg.connect(async_driver_url(pg_db_url).replace("postgresql+asyncpg", "postgresql"))
+    sent: list[str] = []
+    try:
+        async with database.connection() as connection:
+            connection.raw_connection.add_query_logger(lambda record: sent.append(record.query))
+        async with database.transaction(first_statement="SELECT pg_advisory_xact_lock(7, 8)"):
+            assert not await other.fetchval("SELECT pg_try_advisory_xact_lock(7, 8)")
+            await database.fetch_val(sa.text("SELECT 1"))
+        assert await other.fetchval("SELECT pg_try_advisory_xact_lock(7, 8)")
+    finally:
+        await other.close()
+        await database.disconnect()
+    assert sent == ["BEGIN; SELECT pg_advisory_xact_lock(7, 8)", "SELECT 1", "COMMIT"], sent
+
+
+async def test_first_statement_failing_leaves_no_transaction_open(database: databases.Database) -> None:
+    row_id = await _insert_usage_row(database)
+    for _ in range(2):  # the connection is usable again, outside any transaction
+        with pytest.raises(Exception, match=r"no such table|does not exist"):
+            async with database.transaction(first_statement="SELECT * FROM no_such_table"):
+                await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=9))
+    await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=4))
+    with pytest.raises(RuntimeError):
+        async with database.transaction():
+            await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=5))
+            raise RuntimeError("the 4 must survive: it was committed on its own")
+    calls = quota_usage.c.calls
+    assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 4
+
+
+async def test_savepoints_commit_and_roll_back_inside_a_transaction(database: databases.Database) -> None:
+    row_id = await _insert_usage_row(database)
+    calls = quota_usage.c.calls
+    where = quota_usage.c.id == row_id
+    async with database.transaction():
+        await database.execute(quota_usage.update().where(where).values(calls=1))
+        with pytest.raises(RuntimeError):
+            async with database.transaction(first_statement="SELECT 1"):
+                await database.execute(quota_usage.update().where(where).values(calls=2))
+                raise RuntimeError("back to the savepoint")
+        assert await database.fetch_val(sa.select(calls).where(where)) == 1
+        async with database.transaction():
+            await database.execute(quota_usage.update().where(where).values(calls=3))
+        with pytest.raises(Exception, match=r"no such table|does not exist"):
+            async with database.transaction(first_statement="SELECT * FROM no_such_table"):
+                pass
+        assert await database.fetch_val(sa.select(calls).where(where)) == 3  # the outer one is still usable
+    assert await database.fetch_val(sa.select(calls).where(where)) == 3
+    with (
+        pytest.raises(TypeError, match="unsupported transaction options")
+        if database.url.dialect == "postgresql"
+        else contextlib.nullcontext()
+    ):
+        async with database.transaction(isolation="serializable"):
+            pass
 
 
 async def test_postgresql_session_lock_is_released_when_its_connection_goes_back(pg_db_url: str) -> None:

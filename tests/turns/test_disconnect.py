@@ -222,3 +222,31 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
         assert await harness.reserved() == 0
     finally:
         sock.close()
+
+
+async def test_open_streams_share_one_watch_timer(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every open stream is checked by the app's one timer (not a timer each); the timer stops with the
+    # last stream, and a client gone from any of them is still noticed while the model is silent.
+    monkeypatch.setattr(sse, "DISCONNECT_POLL_SECONDS", 0.05)
+    watches = harness.app[sse.SSE_WATCHES_KEY]
+    chats = [await harness.create_chat("fake-standard") for _ in range(3)]
+    request_ids = [str(uuid.uuid4()) for _ in chats]
+    harness.fake.script(*(Script(text="one two", stall_at=1, stall_seconds=1.0) for _ in chats))
+    responses = []
+    for chat_id, request_id in zip(chats, request_ids, strict=True):
+        response = await harness.client.post(
+            f"{PREFIX}/chats/{chat_id}/messages:stream", json={"content": "hello", "request_id": request_id}
+        )
+        await read_frames_until(response, "delta")
+        responses.append(response)
+    assert len(watches) == 3 and watches._handle is not None
+    responses[0].close()  # gone while the model stalls: detached by the shared check
+    status = await harness.wait_terminal(chats[0], request_ids[0])
+    assert status["state"] == "cancelled"
+    for response in responses[1:]:
+        assert (await response.read()).decode().rstrip().split("\n\n")[-1].startswith("event: done")
+    for _ in range(100):
+        if len(watches) == 0 and watches._handle is None:
+            break
+        await asyncio.sleep(0.02)
+    assert len(watches) == 0 and watches._handle is None

@@ -100,8 +100,8 @@ class _FailingOutbox:
         self._fail_queue = fail_queue
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_FailingTransaction]:
-        async with self._inner.transaction() as tx:
+    async def transaction(self, first_statement: str | None = None) -> AsyncIterator[_FailingTransaction]:
+        async with self._inner.transaction(first_statement) as tx:
             yield _FailingTransaction(tx, self._fail_queue)
 
     @property

@@ -4,9 +4,9 @@ settlement, on SQLite and PostgreSQL.
 Rows are keyed by `(tenant_id, user_id, period_type, period_start, bucket)`. Every write is one
 `INSERT … ON CONFLICT (key) DO UPDATE SET col = col + excluded.col` per row, so the first reserve of a period
 creates the row and later writes add to it in the same statement (no read-modify-write race). On PostgreSQL
-every writing transaction first takes the user's advisory quota lock (`lock_user`) and the preflight reads
-take `FOR UPDATE` row locks; SQLite serializes writers with `BEGIN IMMEDIATE` instead (the SQLite dialect
-renders no FOR UPDATE).
+every writing transaction first takes the user's advisory quota lock (`user_lock_statement`) and the
+preflight reads take `FOR UPDATE` row locks; SQLite serializes writers with `BEGIN IMMEDIATE` instead (the
+SQLite dialect renders no FOR UPDATE).
 """
 
 from __future__ import annotations
@@ -108,26 +108,26 @@ def _usage_statement(period_count: int, for_update: bool) -> Prepared:
         ),
     )
     if for_update:
-        # A stable lock order (writers also hold the per-user lock, see `lock_user`).
+        # A stable lock order (writers also hold the per-user lock, see `user_lock_statement`).
         query = query.order_by(
             quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket
         ).with_for_update()
     return Prepared(query, f"usage of {period_count} periods (for update: {for_update})")
 
 
-async def lock_user(db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
-    """PostgreSQL: take the user's quota lock for the rest of the transaction (a no-op on SQLite, whose
-    writers are serialized already).
+def user_lock_statement(db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+    """PostgreSQL: the statement that takes the user's quota lock for the rest of its transaction, literal
+    SQL to open the transaction with (`transaction(first_statement=...)` sends it in BEGIN's round trip);
+    None on SQLite, whose writers are serialized already.
 
     Every transaction that writes a user's quota rows (send, finalization, watchdog) takes this lock
     first, so they queue per user instead of deadlocking over rows created or locked in between their
     statements. The two-int advisory key space does not overlap the single-bigint keys used elsewhere.
     """
-    if db.url.dialect == "postgresql":
-        await db.fetch_val(
-            "SELECT pg_advisory_xact_lock(:space, :key)",
-            {"space": ADVISORY_SPACE_QUOTA_USER, "key": _user_key(tenant_id, user_id)},
-        )
+    if db.url.dialect != "postgresql":
+        return None
+    # Both values are ints computed here: nothing from outside is interpolated.
+    return f"SELECT pg_advisory_xact_lock({int(ADVISORY_SPACE_QUOTA_USER)}, {_user_key(tenant_id, user_id)})"
 
 
 def _user_key(tenant_id: uuid.UUID, user_id: uuid.UUID) -> int:
