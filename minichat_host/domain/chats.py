@@ -384,10 +384,12 @@ class MessageService:
         order, cursor = _resolve_page(page, scope=scope, orders=_MESSAGE_ORDERS, default="asc")
         # One connection, no transaction: on SQLite every transaction takes the write lock.
         async with self._database.connection() as conn:
-            await self._chats.require_chat(conn, tenant_id, user_id, chat_id)
+            # The owner check rides in the page query; only an empty page asks whether the chat is there.
             result = await messages_repo.list_visible_page(
-                conn, tenant_id, chat_id, order=order, limit=page.limit, cursor=cursor
+                conn, tenant_id, chat_id, order=order, limit=page.limit, cursor=cursor, owner=user_id
             )
+            if not result.items:
+                await self._chats.require_chat(conn, tenant_id, user_id, chat_id)
             ids = [m.id for m in result.items]
             attachments = await messages_repo.attachment_summaries(conn, tenant_id, chat_id, ids)
             reactions = await reactions_repo.for_messages(

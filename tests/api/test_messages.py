@@ -161,3 +161,17 @@ async def test_another_identity_cannot_list_the_messages(
         await other.get(f"{PREFIX}/chats/{chat['id']}/messages"), 404, "chat_not_found"
     )
     assert "secret" not in str(body)
+
+
+async def test_a_deleted_chat_with_messages_is_not_found(
+    client: ClientT, database: databases.Database
+) -> None:
+    # The owner check rides in the page query: messages still in the table must not make a page.
+    chat = await create_chat(client)
+    await seed_message(database, chat["id"], content="kept")
+    assert (await client.get(f"{PREFIX}/chats/{chat['id']}/messages")).status == 200
+    assert (await client.delete(f"{PREFIX}/chats/{chat['id']}")).status == 204
+    body = await expect_problem(
+        await client.get(f"{PREFIX}/chats/{chat['id']}/messages"), 404, "chat_not_found"
+    )
+    assert "kept" not in str(body)

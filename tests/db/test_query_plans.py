@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from minichat_host.db.engine import sqlite_path
-from minichat_host.db.repos import turns
+from minichat_host.db.repos import messages as messages_repo
+from minichat_host.db.repos import pagination, turns
 
 DIALECT = sqlite_dialect.dialect(paramstyle="qmark")
 
@@ -38,3 +39,18 @@ def test_the_watchdog_scans_only_running_turns(sqlite_migrated_db_url: str) -> N
     plan = _plan(sqlite_migrated_db_url, turns._STALE_RUNNING.statement, args)
     assert "USING INDEX ix_chat_turns_running_progress" in plan, plan
     assert "SCAN chat_turns" not in plan, plan
+
+
+def test_a_message_page_checks_its_owner_by_primary_key(sqlite_migrated_db_url: str) -> None:
+    # The owner check folded into the page query (one statement less per page) is one probe of the chats
+    # primary key, and the page itself still walks the chat's live-message index.
+    statement, _ = pagination._keyset_statements(
+        messages_repo._OWNED_LISTING, messages_repo.ORDER_CREATED_ASC, True, False, False
+    )
+    compiled = statement.statement.compile(dialect=DIALECT)
+    values = {"tenant_id": uuid.uuid4().hex, "chat_id": uuid.uuid4().hex, "user_id": uuid.uuid4().hex}
+    args = [values.get(name, 21) for name in compiled.positiontup or ()]
+    plan = _plan(sqlite_migrated_db_url, statement.statement, args)
+    assert "SEARCH chats USING INDEX sqlite_autoindex_chats_1 (id=?)" in plan, plan
+    assert "USING INDEX ix_messages_chat_created (chat_id=?)" in plan, plan
+    assert "SCAN" not in plan, plan

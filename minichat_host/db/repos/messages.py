@@ -25,7 +25,7 @@ from minichat_host.db.repos.pagination import (
     fetch_keyset_page,
 )
 from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read
-from minichat_host.db.tables import attachments, message_attachments, messages
+from minichat_host.db.tables import attachments, chats, message_attachments, messages
 
 # Oldest first, the original's default; the descending variant serves `$orderby=created_at desc`.
 ORDER_CREATED_ASC: Final = KeysetOrder(
@@ -93,6 +93,22 @@ _GET_VISIBLE: Final = Prepared(
     "visible message",
 )
 _LISTING: Final = KeysetListing("messages", columns=_MESSAGE_COLUMNS, table=messages, scope=_VISIBLE_IN_CHAT)
+# The same, only while the chat is the live chat of `user_id`: the owner check of a listing folded into its
+# page query (an uncorrelated EXISTS, evaluated once), one statement less per page.
+_OWNED_LISTING: Final = KeysetListing(
+    "owned messages",
+    columns=_MESSAGE_COLUMNS,
+    table=messages,
+    scope=sa.and_(
+        _VISIBLE_IN_CHAT,
+        sa.exists().where(
+            chats.c.id == sa.bindparam("chat_id"),
+            chats.c.tenant_id == sa.bindparam("tenant_id"),
+            chats.c.user_id == sa.bindparam("user_id"),
+            chats.c.deleted_at.is_(None),
+        ),
+    ),
+)
 
 
 def _record(chat_id: uuid.UUID, row: Any) -> MessageRecord:
@@ -127,11 +143,17 @@ async def list_visible_page(
     order: KeysetOrder,
     limit: int,
     cursor: PageCursor | None,
+    owner: uuid.UUID | None = None,
 ) -> MessagePage:
+    """A page of the chat's visible messages; with `owner`, an empty page unless the chat is that user's live
+    chat (the caller then tells a missing chat from an empty one)."""
+    scope: dict[str, Any] = {"tenant_id": tenant_id, "chat_id": chat_id}
+    if owner is not None:
+        scope["user_id"] = owner
     page = await fetch_keyset_page(
         conn,
-        _LISTING,
-        {"tenant_id": tenant_id, "chat_id": chat_id},
+        _LISTING if owner is None else _OWNED_LISTING,
+        scope,
         order=order,
         limit=limit,
         cursor=cursor,
