@@ -1,6 +1,6 @@
 """HTTP plumbing shared by the OpenAI-style adapters: endpoint and auth resolution (with per-tenant
-overrides), one lazily created `aiohttp.ClientSession` per provider, SSE reading, and the mapping of
-transport failures and HTTP statuses to `ProviderError`.
+overrides), per provider one lazily created `Http1Client` for the model calls and one `aiohttp.ClientSession`
+for the file calls, SSE reading, and the mapping of transport failures and HTTP statuses to `ProviderError`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import aiohttp
 import msgspec
 
 from minichat_host.config import ProviderConfig
+from minichat_host.providers import http1
 from minichat_host.providers.base import ProviderError, ProviderErrorCode
 from minichat_host.providers.sse import SseEvent, SseParser
 
 ERROR_BODY_LIMIT = 64 * 1024
+JSON_BODY_LIMIT = 64 * 1024 * 1024  # a non-streamed model response larger than this is refused
 _MESSAGE_LIMIT = 500
 _CONTEXT_LENGTH = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many (input )?tokens|prompt is too long", re.IGNORECASE
@@ -85,6 +87,12 @@ def error_from_status(status: int, raw: bytes) -> ProviderError:
 
 def error_from_exception(exc: BaseException, *, during: str) -> ProviderError:
     """Transport failures: connect/read timeouts -> provider_timeout, everything else -> provider_error."""
+    if isinstance(exc, http1.ConnectTimeout):
+        return ProviderError("provider_timeout", f"connecting to the provider timed out ({during})")
+    if isinstance(exc, http1.ConnectFailed):
+        return ProviderError("provider_error", f"cannot connect to the provider: {_clip(str(exc))}")
+    if isinstance(exc, http1.ConnectionBroken):
+        return ProviderError("provider_error", f"the provider connection broke ({during}): {_clip(str(exc))}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ProviderError("provider_timeout", f"connecting to the provider timed out ({during})")
     if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError / ServerTimeoutError: read stall
@@ -108,6 +116,7 @@ class UpstreamClient:
         self.cfg = cfg
         self._api_path = api_path or cfg.api_path
         self._session: aiohttp.ClientSession | None = None
+        self._http: http1.Http1Client | None = None
         self._closed = False
 
     # --- session ---------------------------------------------------------------------------------
@@ -128,8 +137,23 @@ class UpstreamClient:
             )
         return self._session
 
+    def http(self) -> http1.Http1Client:
+        """The client for the model calls (streamed and plain POSTs)."""
+        if self._closed:
+            raise ProviderError("provider_error", f"provider {self.provider_id!r} is shut down")
+        if self._http is None:
+            self._http = http1.Http1Client(
+                connect_timeout=self.cfg.connect_timeout_seconds,
+                # Applies to every wait for bytes: a stall between two chunks longer than this fails the call.
+                read_timeout=self.cfg.read_timeout_seconds,
+            )
+        return self._http
+
     async def aclose(self) -> None:
         self._closed = True
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -160,10 +184,10 @@ class UpstreamClient:
         failure (or cancellation) closes the connection at once."""
         return PostedRequest(self, endpoint, body)
 
-    async def read_json(self, response: aiohttp.ClientResponse) -> Any:
+    async def read_json(self, response: http1.Http1Response) -> Any:
         try:
-            raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raw = await response.read(JSON_BODY_LIMIT)
+        except (TimeoutError, http1.HttpClientError, OSError) as exc:
             raise error_from_exception(exc, during="reading the response") from exc
         try:
             return msgspec.json.decode(raw)
@@ -182,27 +206,25 @@ class PostedRequest:
         self._client = client
         self._endpoint: Endpoint | None = endpoint
         self._body: dict[str, Any] | None = body
-        self._response: aiohttp.ClientResponse | None = None
+        self._response: http1.Http1Response | None = None
 
-    async def __aenter__(self) -> aiohttp.ClientResponse:
+    async def __aenter__(self) -> http1.Http1Response:
         endpoint, body = self._endpoint, self._body
         assert endpoint is not None and body is not None, "a request is posted once"
         self._endpoint = self._body = None  # sent: not kept for the length of a stream
         payload = msgspec.json.encode(body)
         del body
         try:
-            response = await self._client.session().post(
-                endpoint.url, params=endpoint.params, headers=endpoint.headers, data=payload
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            http = self._client.http()
+            response = await http.post(endpoint.url, endpoint.params, endpoint.headers, payload)
+        except (TimeoutError, http1.HttpClientError, OSError) as exc:
             raise error_from_exception(exc, during="sending the request") from exc
         if response.status >= 300:
             try:
-                raw = await response.content.read(ERROR_BODY_LIMIT)
-            except (TimeoutError, aiohttp.ClientError, OSError):
+                raw = await response.read(ERROR_BODY_LIMIT)
+            except (TimeoutError, http1.HttpClientError, OSError):
                 raw = b""
-            finally:
-                response.close()
+            response.release()
             raise error_from_status(response.status, raw)
         self._response = response
         return response
@@ -216,15 +238,15 @@ class PostedRequest:
         if exc_type is not None:
             response.close()
         else:
-            # At EOF this returns the connection to the pool; with unread bytes aiohttp closes it.
+            # Read to its end, the connection goes back to the pool; with unread bytes it is closed.
             response.release()
 
 
-async def sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[SseEvent, None]:
+async def sse_events(response: http1.Http1Response) -> AsyncGenerator[SseEvent, None]:
     """Each SSE event as soon as its bytes arrive (no buffering beyond the event itself)."""
     parser = SseParser()
     try:
-        async for chunk in response.content.iter_any():
+        while chunk := await response.read_chunk():
             # Popped rather than iterated: neither the chunk nor its last event stays referenced from this
             # frame while the next chunk is awaited (an idle stream holds only what it must).
             completed = parser.feed(chunk)
@@ -232,7 +254,7 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[SseEven
             completed.reverse()
             while completed:
                 yield completed.pop()
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except (TimeoutError, http1.HttpClientError, OSError) as exc:
         raise error_from_exception(exc, during="streaming") from exc
 
 
