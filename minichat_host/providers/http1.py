@@ -83,12 +83,18 @@ def _header_line(name: str, value: str) -> str:
 class Http1Client:
     """POSTs over pooled keep-alive HTTP/1.1 connections. One per configured provider."""
 
-    def __init__(self, *, connect_timeout: float | None, read_timeout: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle: dict[tuple[str, str, int], list[Http1Response]] = {}
         self._open: set[Http1Response] = set()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # the system's trust store (created on the first https call) by default
 
     async def post(
         self, url: str, params: dict[str, str], headers: dict[str, str], body: bytes

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fakes.openai_server import FakeOpenAI
 from fakes.provider_configs import chat_config
 
@@ -253,6 +260,55 @@ async def test_broken_servers(
             await post(client, raw.url)
     finally:
         client.close()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_https_verifies_the_server_and_pools(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    state = RawServer(replies=[reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")] * 2)
+    state.server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=server_context)
+    port = state.server.sockets[0].getsockname()[1]
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    client = http1.Http1Client(connect_timeout=2.0, read_timeout=2.0, ssl_context=trusting)
+    default = http1.Http1Client(connect_timeout=2.0, read_timeout=2.0)
+    try:
+        assert await post(client, f"https://localhost:{port}") == (200, b"ok")
+        assert await post(client, f"https://localhost:{port}") == (200, b"ok")
+        assert state.connections == 1
+        assert b"Host: localhost:%d" % port in state.requests[0]
+        with pytest.raises(http1.ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            await post(default, f"https://localhost:{port}")  # not in the system's trust store
+    finally:
+        client.close()
+        default.close()
+        state.server.close()
 
 
 async def test_connection_refused(refused_url: str, client: http1.Http1Client) -> None:
