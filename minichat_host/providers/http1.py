@@ -181,7 +181,9 @@ class Http1Response(asyncio.Protocol):
         "_message_done",
         "_parser",
         "_paused",
+        "_read_since",
         "_read_timeout",
+        "_read_timer",
         "_transport",
         "_waiter",
         "idle_since",
@@ -206,6 +208,11 @@ class Http1Response(asyncio.Protocol):
         self._message_done = False
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        # The read timeout is one lazily re-armed timer per connection, not a timer per wait: a stream
+        # waits once per chunk, and every cancelled timer would sit in the loop's heap for the timeout's
+        # length (120 s by default).
+        self._read_since = 0.0  # the start of the current wait, or the last bytes received during it
+        self._read_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.status = 0
 
@@ -215,6 +222,8 @@ class Http1Response(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is not None:
+            self._read_since = asyncio.get_running_loop().time()
         parser = self._parser
         if parser is None:  # bytes on an idle pooled connection: it cannot be reused
             self._fail(ConnectionBroken("the provider sent bytes outside a response"))
@@ -360,6 +369,9 @@ class Http1Response(asyncio.Protocol):
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self._parser = None
         self._body = []
         transport, self._transport = self._transport, None
@@ -373,23 +385,30 @@ class Http1Response(asyncio.Protocol):
             raise self._error
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = (
-            loop.call_later(self._read_timeout, self._timed_out, waiter)
-            if self._read_timeout is not None
-            else None
-        )
+        if self._read_timeout is not None:
+            self._read_since = loop.time()
+            if self._read_timer is None:
+                self._read_timer = loop.call_at(
+                    self._read_since + self._read_timeout, self._check_read_timeout
+                )
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
         if self._error is not None:
             raise self._error
 
-    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+    def _check_read_timeout(self) -> None:
+        self._read_timer = None
+        waiter, timeout = self._waiter, self._read_timeout
+        if waiter is None or waiter.done() or timeout is None:
+            return  # not waiting now: the next wait arms the timer again
+        loop = asyncio.get_running_loop()
+        due = self._read_since + timeout
+        if loop.time() >= due:
             waiter.set_exception(ReadTimeout("the provider sent nothing within the read timeout"))
+        else:
+            self._read_timer = loop.call_at(due, self._check_read_timeout)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -311,6 +311,27 @@ async def test_https_verifies_the_server_and_pools(tmp_path: Path) -> None:
         state.server.close()
 
 
+async def test_the_read_timeout_is_per_wait_not_per_response(raw: RawServer) -> None:
+    """Chunks 0.15 s apart under a 0.3 s read timeout: the whole response takes longer than the timeout
+    and still arrives; then a 0.6 s stall fails it."""
+    gap: list[bytes | float] = []
+    for index in range(5):
+        gap += [b"1\r\n%d\r\n" % index, 0.15]
+    raw.replies.append(
+        reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *gap, 0.6, b"0\r\n\r\n")
+    )
+    client = http1.Http1Client(connect_timeout=2.0, read_timeout=0.3)
+    try:
+        response = await client.post(raw.url + "/x", {}, {}, b"")
+        received = b""
+        with pytest.raises(http1.ReadTimeout):
+            while chunk := await response.read_chunk():
+                received += chunk
+        assert received == b"01234"
+    finally:
+        client.close()
+
+
 async def test_connection_refused(refused_url: str, client: http1.Http1Client) -> None:
     with pytest.raises(http1.ConnectFailed):
         await post(client, refused_url)
