@@ -16,7 +16,7 @@ from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos import messages as messages_repo
 from minichat_host.db.repos.common import in_values
 from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, Position
-from minichat_host.db.repos.reads import _sqlite_utc, fast_utc, fast_uuid
+from minichat_host.db.repos.reads import _sqlite_utc, _sqlite_uuid, fast_utc, fast_uuid
 from minichat_host.db.tables import UtcDateTime, chats, messages
 
 BASE = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
@@ -190,3 +190,21 @@ def test_sqlite_timestamp_reader_matches_the_column_type(engine_name: str, store
     read = _sqlite_utc(stored)
     assert read == reference and read.tzinfo is dt.UTC
     assert _sqlite_utc(None) is None
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
+def test_sqlite_uuid_reader_matches_the_column_type(engine_name: str) -> None:
+    processor = sa.Uuid().result_processor(sqlite.dialect(), None)
+    assert processor is not None
+    for value in [uuid.uuid4(), uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), uuid.uuid1()]:
+        read = _sqlite_uuid(value.hex)
+        reference = processor(value.hex)
+        assert type(read) is uuid.UUID and read == reference and hash(read) == hash(reference)
+        assert str(read) == str(value) and read.version == value.version and read.is_safe == reference.is_safe
+    assert _sqlite_uuid(str(uuid.UUID(int=7))) == uuid.UUID(int=7)  # the dashed form goes the slow way
+    assert _sqlite_uuid(None) is None
+    for odd in ["+" + "0" * 31, "1_2" + "0" * 29]:  # what int() accepts beyond hex: the same as UUID()
+        assert _sqlite_uuid(odd) == uuid.UUID(odd)
+    for garbage in ["z" * 32, "0" * 31, ""]:
+        with pytest.raises(ValueError):
+            _sqlite_uuid(garbage)

@@ -23,7 +23,7 @@ from minichat_host.db.repos.pagination import (
     PageCursor,
     fetch_keyset_page,
 )
-from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read
+from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read, uuid_read
 from minichat_host.db.tables import chats, messages
 
 # Newest first, the original's default; the ascending variant serves `$orderby=updated_at asc`.
@@ -94,7 +94,7 @@ _OWNED_LIVE: Final = sa.and_(
 )
 # What the prepared reads select: the owner's columns are known from the scope, and every UUID read costs.
 _OWNED_CHAT_COLUMNS: Final = (
-    chats.c.id,
+    uuid_read(chats.c.id),
     chats.c.model,
     chats.c.title,
     chats.c.is_temporary,

@@ -24,7 +24,7 @@ from minichat_host.db.repos.pagination import (
     PageCursor,
     fetch_keyset_page,
 )
-from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read
+from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read, uuid_read
 from minichat_host.db.tables import attachments, chats, message_attachments, messages
 
 # Oldest first, the original's default; the descending variant serves `$orderby=created_at desc`.
@@ -70,8 +70,8 @@ class MessagePage:
 
 # The chat_id is not read back: every query here names the chat (and every UUID read costs).
 _MESSAGE_COLUMNS: Final = (
-    messages.c.id,
-    messages.c.request_id,
+    uuid_read(messages.c.id),
+    uuid_read(messages.c.request_id),
     messages.c.role,
     messages.c.content,
     messages.c.model,

@@ -5,6 +5,9 @@ by the column types on SQLite, and asyncpg's own on PostgreSQL; `as_uuid` / `as_
 normalize both. `fast_uuid` / `fast_utc` do the same with the usual case - already a plain UUID, already
 aware UTC - checked first, so it costs a type check instead of a new object.
 
+`uuid_read(column)` does the same for a `sa.Uuid` column: SQLite's stored 32 hex digits become a `uuid.UUID`
+without `UUID.__init__`'s parsing (~0.55 µs instead of ~1.1 per id); PostgreSQL is left to asyncpg.
+
 `utc_read(column)` selects a `UtcDateTime` column (tables.py) for such a read: on SQLite the stored text
 (naive UTC, as `UtcDateTime` writes it) is parsed straight to an aware UTC datetime, ~0.2 µs where the
 column type's processor chain (SQLAlchemy's DATETIME, then `replace(tzinfo=...)`) takes ~2 µs; on PostgreSQL
@@ -22,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
 
 from minichat_host.db.repos.common import as_utc, as_uuid
+from minichat_host.db.tables import UtcDateTime
 
 _fromisoformat: Final = dt.datetime.fromisoformat
 
@@ -47,6 +51,41 @@ def _sqlite_utc(value: Any) -> Any:
     return None if value is None else as_utc(value)
 
 
+_new_object: Final = object.__new__
+_set_slot: Final = object.__setattr__
+_SAFE_UNKNOWN: Final = uuid.SafeUUID.unknown
+
+
+def _sqlite_uuid(value: Any) -> Any:
+    if type(value) is str and len(value) == 32 and value.isalnum():
+        try:
+            number = int(value, 16)
+        except ValueError:
+            pass  # not hex: as_uuid decides (and raises for garbage)
+        else:
+            # What UUID(hex=...) builds, minus its parsing: the two slots it sets.
+            made = _new_object(uuid.UUID)
+            _set_slot(made, "int", number)
+            _set_slot(made, "is_safe", _SAFE_UNKNOWN)
+            return made
+    return None if value is None else as_uuid(value)
+
+
+class _UuidRead(sa.types.TypeEngine[uuid.UUID]):
+    """Result side of `sa.Uuid` only (used through `type_coerce`, never rendered in SQL)."""
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        return _sqlite_uuid if dialect.name == "sqlite" else None
+
+
+_UUID_READ: Final = _UuidRead()
+
+
+def uuid_read(column: sa.Column[uuid.UUID]) -> sa.ColumnElement[uuid.UUID]:
+    """`column` (a `sa.Uuid`) in a select list, read as above; still labelled `column.name`."""
+    return sa.type_coerce(column, _UUID_READ).label(column.name)
+
+
 class _UtcRead(sa.types.TypeEngine[dt.datetime]):
     """Result side of `UtcDateTime` only (used through `type_coerce`, never rendered in SQL)."""
 
@@ -60,3 +99,12 @@ _UTC_READ: Final = _UtcRead()
 def utc_read(column: sa.Column[dt.datetime]) -> sa.ColumnElement[dt.datetime]:
     """`column` (a `UtcDateTime`) in a select list, read as above; still labelled `column.name`."""
     return sa.type_coerce(column, _UTC_READ).label(column.name)
+
+
+def fast_read(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """`column` in a select list, its UUIDs and timestamps read as above (other columns as they are)."""
+    if isinstance(column.type, sa.Uuid):
+        return uuid_read(column)
+    if isinstance(column.type, UtcDateTime):
+        return utc_read(column)
+    return column

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos.common import as_utc, as_uuid
+from minichat_host.db.repos.reads import fast_read
 from minichat_host.db.tables import (
     UtcDateTime,
     attachments,
@@ -135,7 +136,8 @@ class TurnRow:
         return cls(**_plain(record, cls.__slots__))  # type: ignore[attr-defined]
 
 
-_TURN_COLUMNS = [chat_turns.c[name] for name in TurnRow.__slots__]  # type: ignore[attr-defined]
+# Ids and timestamps read through the fast SQLite readers (a turn row has eight UUIDs and four timestamps).
+_TURN_COLUMNS = [fast_read(chat_turns.c[name]) for name in TurnRow.__slots__]  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
