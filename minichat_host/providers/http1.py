@@ -265,6 +265,7 @@ class Http1Response(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:  # an interim response (100 Continue, 103 Early Hints): the real one follows
             self._decoder = None
+            self._framed = False
             return
         self.status = status
         self._headers_done = True

@@ -207,6 +207,10 @@ async def test_interim_responses_are_skipped(raw: RawServer, client: http1.Http1
         reply(b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
     )
     assert await post(client, raw.url) == (201, b"ok")
+    raw.replies.append(  # hints with a Link header, then a body that ends with the connection
+        reply(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\nto the end", b"")
+    )
+    assert await post(client, raw.url) == (200, b"to the end")
 
 
 async def test_gzip_bodies_are_decoded(raw: RawServer, client: http1.Http1Client) -> None:
