@@ -16,7 +16,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from minichat_host.db.prepared import Prepared
-from minichat_host.db.repos.common import Executor, as_utc, as_uuid
+from minichat_host.db.repos.common import Executor, as_utc, as_uuid, row_record
 from minichat_host.db.repos.pagination import (
     KeysetListing,
     KeysetOrder,
@@ -31,7 +31,7 @@ ORDER_UPDATED_DESC: Final = KeysetOrder("updated_at desc", chats.c.updated_at, c
 ORDER_UPDATED_ASC: Final = KeysetOrder("updated_at asc", chats.c.updated_at, chats.c.id, descending=False)
 
 
-@dataclass(frozen=True, slots=True)
+@row_record
 class ChatRecord:
     id: uuid.UUID
     tenant_id: uuid.UUID
@@ -43,7 +43,7 @@ class ChatRecord:
     updated_at: dt.datetime
 
 
-@dataclass(frozen=True, slots=True)
+@row_record
 class CountedChat:
     chat: ChatRecord
     message_count: int

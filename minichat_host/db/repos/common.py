@@ -10,10 +10,23 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar, dataclass_transform
 
 import sqlalchemy as sa
 from sqlalchemy.sql import ClauseElement
+
+_Record = TypeVar("_Record")
+
+
+@dataclass_transform(frozen_default=True)
+def row_record(cls: type[_Record]) -> type[_Record]:
+    """An immutable value read from a row, for the records built by the dozen on the hot endpoints: checked as
+    a frozen dataclass, built at runtime as a plain slotted one (with the frozen one's hash). A frozen
+    dataclass's `__init__` sets every field through `object.__setattr__`: ~1.3 µs for eight fields against
+    ~0.2, and a page of chats or messages builds 21 of them, a turn row has 30 fields."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
 
 DialectName = Literal["sqlite", "postgresql"]
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from minichat_host.db.prepared import Prepared
-from minichat_host.db.repos.common import Executor
+from minichat_host.db.repos.common import Executor, row_record
 from minichat_host.db.repos.pagination import (
     KeysetListing,
     KeysetOrder,
@@ -36,7 +36,7 @@ ORDER_CREATED_DESC: Final = KeysetOrder(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@row_record
 class MessageRecord:
     id: uuid.UUID
     chat_id: uuid.UUID

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from minichat_host.db.prepared import Prepared
-from minichat_host.db.repos.common import as_utc, as_uuid
+from minichat_host.db.repos.common import as_utc, as_uuid, row_record
 from minichat_host.db.repos.reads import fast_read
 from minichat_host.db.tables import (
     UtcDateTime,
@@ -93,7 +93,7 @@ def is_lock_conflict(exc: BaseException) -> bool:
 
 
 # --- turn rows ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@row_record
 class TurnRow:
     id: uuid.UUID
     tenant_id: uuid.UUID
