@@ -95,6 +95,7 @@ class Http1Client:
         self._idle: dict[tuple[str, str, int], list[Http1Response]] = {}
         self._open: set[Http1Response] = set()
         self._ssl = ssl_context  # the system's trust store (created on the first https call) by default
+        self._prune_timer: asyncio.TimerHandle | None = None  # closes idle connections past their time
 
     async def post(
         self, url: str, params: dict[str, str], headers: dict[str, str], body: bytes
@@ -152,13 +153,36 @@ class Http1Client:
         return response
 
     def _give_back(self, response: Http1Response) -> None:
-        response.idle_since = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        response.idle_since = loop.time()
         self._idle.setdefault(response.key, []).append(response)
+        if self._prune_timer is None:
+            self._prune_timer = loop.call_later(IDLE_CONNECTION_SECONDS, self._prune)
+
+    def _prune(self) -> None:
+        """Close the connections idle for longer than IDLE_CONNECTION_SECONDS (oldest first in each list)."""
+        self._prune_timer = None
+        loop = asyncio.get_running_loop()
+        oldest_usable = loop.time() - IDLE_CONNECTION_SECONDS
+        next_due: float | None = None
+        for key, idle in list(self._idle.items()):
+            while idle and (idle[0].idle_since < oldest_usable or not idle[0].reusable):
+                idle.pop(0).close()
+            if idle:
+                due = idle[0].idle_since + IDLE_CONNECTION_SECONDS
+                next_due = due if next_due is None else min(next_due, due)
+            else:
+                del self._idle[key]
+        if next_due is not None:
+            self._prune_timer = loop.call_at(next_due, self._prune)
 
     def _forget(self, response: Http1Response) -> None:
         self._open.discard(response)
 
     def close(self) -> None:
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+            self._prune_timer = None
         for response in list(self._open):
             response.close()
         self._idle.clear()

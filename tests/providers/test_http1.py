@@ -371,6 +371,24 @@ async def test_idle_connections_expire(
     assert raw.connections == 2
 
 
+async def test_idle_connections_are_closed_in_the_background(
+    raw: RawServer, client: http1.Http1Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled connections nobody asks for again are closed once past IDLE_CONNECTION_SECONDS."""
+    monkeypatch.setattr(http1, "IDLE_CONNECTION_SECONDS", 0.1)
+    raw.replies += [reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")] * 3
+    first = await client.post(raw.url + "/x", {}, {}, b"")
+    second = await client.post(raw.url + "/x", {}, {}, b"")  # two connections at once
+    for response in (first, second):
+        assert await response.read() == b"a"
+        response.release()
+    assert raw.connections == 2 and len(client._open) == 2
+    await asyncio.sleep(0.35)
+    assert client._open == set() and client._idle == {}
+    assert await post(client, raw.url) == (200, b"a")  # and a new one is made when needed
+    assert raw.connections == 3
+
+
 async def test_closing_the_client_closes_its_connections(raw: RawServer) -> None:
     raw.replies.append(reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", 5.0))
     client = http1.Http1Client(connect_timeout=2.0, read_timeout=5.0)
