@@ -179,6 +179,11 @@ class OpenAIChatProvider:
         response_id: str | None = None
         output: list[str] = []
         body = chat_body(request, stream=True, file_context=file_context)
+        # What the end needs of the request, not the request: its prompt (the whole history) would otherwise
+        # stay in memory for as long as the stream is open.
+        citation_titles = request.citation_titles if hits else {}
+        input_estimate = estimate_request_tokens(request)
+        del request
         async with self._client.post(endpoint, body) as response, aclosing(sse_events(response)) as events:
             del body  # sent: not kept for the length of the stream
             async for sse in events:
@@ -196,12 +201,9 @@ class OpenAIChatProvider:
         if not done and finish_reason is None:
             raise ProviderError("provider_error", "the provider ended the stream before the reply completed")
         if hits:
-            yield Citations(items=file_citations(hits, request.citation_titles))
+            yield Citations(items=file_citations(hits, citation_titles))
         yield Completed(
-            usage=usage
-            or Usage(
-                input_tokens=estimate_request_tokens(request), output_tokens=estimate_tokens("".join(output))
-            ),
+            usage=usage or Usage(input_tokens=input_estimate, output_tokens=estimate_tokens("".join(output))),
             usage_reported=usage is not None,
             response_id=response_id,
             incomplete=finish_reason in ("length", "content_filter"),

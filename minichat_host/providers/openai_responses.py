@@ -194,7 +194,10 @@ class _StreamState:
     """Everything the event mapping remembers between events of one response."""
 
     def __init__(self, request: ProviderRequest) -> None:
-        self.request = request
+        # What the end of a stream needs of the request, not the request: its prompt (the whole history)
+        # would otherwise stay in memory for as long as the stream is open.
+        self.citation_titles = request.citation_titles
+        self.input_estimate = estimate_request_tokens(request)
         self.response_id: str | None = None
         self.tools: dict[str, _ToolCall] = {}
         self.texts: dict[tuple[str, int], list[str]] = {}
@@ -329,7 +332,7 @@ class _StreamState:
             result = self.file_results.get(file_id)
             attachment_id = result.attachment_id if result else attachment_id_from_filename(filename)
             title = (
-                (self.request.citation_titles.get(attachment_id) if attachment_id else None)
+                (self.citation_titles.get(attachment_id) if attachment_id else None)
                 or filename
                 or (result.filename if result else "")
                 or file_id
@@ -356,10 +359,9 @@ class OpenAIResponsesProvider:
         endpoint = self._client.endpoint(tenant_id, request.model, accept="text/event-stream")
         state = _StreamState(request)
         terminal: list[StreamEvent] = []
-        async with (
-            self._client.post(endpoint, responses_body(request, stream=True)) as response,
-            aclosing(sse_events(response)) as events,
-        ):
+        posted = self._client.post(endpoint, responses_body(request, stream=True))
+        del request  # the prompt is not kept for the length of the stream (state has what the end needs)
+        async with posted as response, aclosing(sse_events(response)) as events:
             async for sse in events:
                 if sse.data.strip() == "[DONE]":
                     continue
@@ -451,7 +453,7 @@ class OpenAIResponsesProvider:
             Completed(
                 usage=usage
                 or Usage(
-                    input_tokens=estimate_request_tokens(state.request),
+                    input_tokens=state.input_estimate,
                     output_tokens=estimate_tokens("".join(state.output_text)),
                 ),
                 usage_reported=usage is not None,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import gzip
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +19,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fakes.openai_server import FakeOpenAI
-from fakes.provider_configs import chat_config
+from fakes.openai_server import FakeOpenAI, Script
+from fakes.provider_configs import chat_config, responses_config
 
 from minichat_host.providers import http1
-from minichat_host.providers.base import InputMessage, InputText, ProviderError, ProviderRequest
+from minichat_host.providers.base import (
+    InputMessage,
+    InputText,
+    ProviderError,
+    ProviderRequest,
+    StreamEvent,
+    TextDelta,
+)
 from minichat_host.providers.openai_chat import OpenAIChatProvider
+from minichat_host.providers.openai_responses import OpenAIResponsesProvider
 
 Reply = Callable[[bytes], list[bytes | float]]  # request head + body -> writes (bytes) and pauses (seconds)
 
@@ -418,5 +428,39 @@ async def test_a_refused_request_maps_to_a_provider_error(refused_url: str) -> N
     try:
         with pytest.raises(ProviderError, match="cannot connect"):
             await adapter.complete(request, tenant_id="t")
+    finally:
+        await adapter.aclose()
+
+
+def _messages_saying(text: str) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is InputMessage and o.content[0].text == text)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+async def test_an_open_stream_does_not_keep_the_prompt(fake: FakeOpenAI, kind: str) -> None:
+    """Once sent, the request (its whole history) is not held for the length of the stream."""
+    adapter: OpenAIChatProvider | OpenAIResponsesProvider = (
+        OpenAIChatProvider("vllm", chat_config(fake.base_url))
+        if kind == "chat"
+        else OpenAIResponsesProvider("openai", responses_config(fake.base_url))
+    )
+    fake.script(Script(tokens=["a ", "b ", "c "], token_gap_ms=300))
+    prompt = f"the whole history {uuid.uuid4()} " * 100
+    model = "m" if kind == "chat" else "gpt-test"
+    stream = adapter.stream(
+        ProviderRequest(model=model, input=[InputMessage(role="user", content=[InputText(text=prompt)])]),
+        tenant_id="t",
+    )
+    assert _messages_saying(prompt) == 1
+    try:
+        seen: list[StreamEvent] = []
+        async for event in stream:
+            seen.append(event)
+            if isinstance(event, TextDelta):
+                assert _messages_saying(prompt) == 0, (
+                    "the prompt is still referenced while the stream is open"
+                )
+        assert [e.text for e in seen if isinstance(e, TextDelta)] == ["a ", "b ", "c "]
     finally:
         await adapter.aclose()
