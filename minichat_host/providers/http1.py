@@ -312,10 +312,10 @@ class Http1Response(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if not self._headers_done:
-            return  # the end of an interim response
-        assert self._parser is not None
-        self._keep_alive = self._parser.should_keep_alive()  # (reads False once the parser moves on)
+        parser = self._parser
+        if not self._headers_done or parser is None:
+            return  # the end of an interim response, or of bytes still parsed after a close
+        self._keep_alive = parser.should_keep_alive()  # (reads False once the parser moves on)
         self._message_done = True
         if self._drain_timer is not None:
             self._drain_timer.cancel()

@@ -179,6 +179,27 @@ async def test_connection_close_and_unread_bodies_are_not_pooled(
     assert raw.connections == 3
 
 
+async def test_a_released_stream_with_too_much_left_is_closed(
+    raw: RawServer, client: http1.Http1Client
+) -> None:
+    """More than the drain allowance still to come (in the same packet as its end): closed, not pooled."""
+    rest = b"x" * (100 * 1024)
+    raw.replies += [
+        reply(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+            0.1,
+            chunked(rest),
+        ),
+        reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+    ]
+    response = await client.post(raw.url + "/x", {}, {}, b"")
+    assert await response.read_chunk() == b"first"
+    response.release()
+    await asyncio.sleep(0.3)
+    assert await post(client, raw.url) == (200, b"b")
+    assert raw.connections == 2
+
+
 @pytest.mark.parametrize(("tail_after", "connections"), [(0.05, 1), (0.6, 2)], ids=["in-time", "too-late"])
 async def test_a_released_stream_waits_briefly_for_its_end(
     raw: RawServer,
