@@ -70,6 +70,8 @@ chats = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("deleted_at", TS),
+    # Visible messages (live, with a request id), kept by triggers on `messages` (migration 0003).
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_chats_owner_updated", "tenant_id", "user_id", "updated_at", "id", **_live()),
 )
 

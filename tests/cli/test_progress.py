@@ -65,8 +65,10 @@ def test_migrate_without_a_terminal_prints_step_lines_only(
         "summaries, vector stores, quota usage, reactions.",
         "minichat: Running upgrade 0001_domain -> 0002_outbox, Outbox tables: bodies, partitions, incoming, "
         "outgoing, processor (cursor + lease), dead letters, vacuum.",
+        "minichat: Running upgrade 0002_outbox -> 0003_chat_message_count, Chat message count: "
+        "`chats.message_count`, kept by triggers on `messages`.",
     ]
-    assert out.endswith("-> 0002_outbox (head)\n")
+    assert out.endswith("-> 0003_chat_message_count (head)\n")
 
 
 def test_replay_and_discard_show_a_bar_over_the_dead_letters_on_a_terminal(

@@ -2,7 +2,8 @@
 
 Every read and write is scoped by tenant **and** user and sees live (not soft-deleted) chats only, so a
 chat of another owner, or a deleted one, is simply absent. `message_count` counts the chat's visible
-messages: not deleted and with a request_id (the rows the message list shows).
+messages: not deleted and with a request_id (the rows the message list shows), a column that triggers on
+`messages` keep (migration 0003) instead of a count per listed chat.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from minichat_host.db.repos.pagination import (
     fetch_keyset_page,
 )
 from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read, uuid_read
-from minichat_host.db.tables import chats, messages
+from minichat_host.db.tables import chats
 
 # Newest first, the original's default; the ascending variant serves `$orderby=updated_at asc`.
 ORDER_UPDATED_DESC: Final = KeysetOrder("updated_at desc", chats.c.updated_at, chats.c.id, descending=True)
@@ -68,18 +69,8 @@ _CHAT_COLUMNS: Final = (
 )
 
 
-# The chat's visible messages, correlated to the chat row of the enclosing query.
-_MESSAGE_COUNT: Final = (
-    sa.select(sa.func.count())
-    .select_from(messages)
-    .where(
-        messages.c.chat_id == chats.c.id,
-        messages.c.deleted_at.is_(None),
-        messages.c.request_id.is_not(None),
-    )
-    .scalar_subquery()
-    .label("message_count")
-)
+# The chat's visible messages: kept on the chat row by triggers on `messages` (migration 0003).
+_MESSAGE_COUNT: Final = chats.c.message_count
 
 
 def _owned_live(tenant_id: uuid.UUID, user_id: uuid.UUID) -> sa.ColumnElement[bool]:
@@ -136,7 +127,7 @@ def _owned_chat(tenant_id: uuid.UUID, user_id: uuid.UUID, values: Sequence[Any])
 def _owned_counted(tenant_id: uuid.UUID, user_id: uuid.UUID, row: Any) -> CountedChat:
     """A chat and its count from a row of _OWNED_CHAT_COLUMNS + _MESSAGE_COUNT."""
     values = row.values()
-    return CountedChat(chat=_owned_chat(tenant_id, user_id, values), message_count=int(values[6] or 0))
+    return CountedChat(chat=_owned_chat(tenant_id, user_id, values), message_count=values[6])
 
 
 def _record(row: Any) -> ChatRecord:
