@@ -379,7 +379,8 @@ class MessageService:
     async def list_messages(
         self, tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: uuid.UUID, page: PageRequest
     ) -> MessagesPage:
-        """Oldest first by (created_at, id); attachments and reactions fetched once per page (no N+1)."""
+        """Oldest first by (created_at, id); the caller's reactions come with the page, attachments once per
+        page for the messages that have some (no N+1)."""
         scope = scope_fingerprint("messages", tenant_id, user_id, chat_id)
         order, cursor = _resolve_page(page, scope=scope, orders=_MESSAGE_ORDERS, default="asc")
         # One connection, no transaction: on SQLite every transaction takes the write lock.
@@ -390,11 +391,10 @@ class MessageService:
             )
             if not result.items:
                 await self._chats.require_chat(conn, tenant_id, user_id, chat_id)
-            ids = [m.id for m in result.items]
-            attachments = await messages_repo.attachment_summaries(conn, tenant_id, chat_id, ids)
-            reactions = await reactions_repo.for_messages(
-                conn, tenant_id=tenant_id, user_id=user_id, message_ids=ids
+            attachments = await messages_repo.attachment_summaries(
+                conn, tenant_id, chat_id, result.with_attachments
             )
+        reactions = result.reactions
         return MessagesPage(
             items=[_wire_message(m, attachments.get(m.id, ()), reactions.get(m.id)) for m in result.items],
             page_info=_page_info(page.limit, order, scope, result.next_cursor, result.prev_cursor),

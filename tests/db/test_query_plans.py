@@ -41,7 +41,7 @@ def test_the_watchdog_scans_only_running_turns(sqlite_migrated_db_url: str) -> N
     assert "SCAN chat_turns" not in plan, plan
 
 
-def test_a_message_page_checks_its_owner_by_primary_key(sqlite_migrated_db_url: str) -> None:
+def test_a_message_page_checks_its_owner_and_reads_its_extras_by_key(sqlite_migrated_db_url: str) -> None:
     # The owner check folded into the page query (one statement less per page) is one probe of the chats
     # primary key, and the page itself still walks the chat's live-message index.
     statement, _ = pagination._keyset_statements(
@@ -53,4 +53,9 @@ def test_a_message_page_checks_its_owner_by_primary_key(sqlite_migrated_db_url: 
     plan = _plan(sqlite_migrated_db_url, statement.statement, args)
     assert "SEARCH chats USING INDEX sqlite_autoindex_chats_1 (id=?)" in plan, plan
     assert "USING INDEX ix_messages_chat_created (chat_id=?)" in plan, plan
+    # The owner's reaction and the attachment flag of each message: unique-key probes, not scans.
+    reactions_key = "sqlite_autoindex_message_reactions_2 (message_id=? AND user_id=?)"
+    links_key = "sqlite_autoindex_message_attachments_1 (chat_id=? AND message_id=?)"
+    assert f"SEARCH message_reactions USING INDEX {reactions_key}" in plan, plan
+    assert f"SEARCH message_attachments USING INDEX {links_key}" in plan, plan
     assert "SCAN" not in plan, plan

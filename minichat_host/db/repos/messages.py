@@ -11,7 +11,7 @@ import datetime as dt
 import functools
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -25,7 +25,7 @@ from minichat_host.db.repos.pagination import (
     fetch_keyset_page,
 )
 from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read, uuid_read
-from minichat_host.db.tables import attachments, chats, message_attachments, messages
+from minichat_host.db.tables import attachments, chats, message_attachments, message_reactions, messages
 
 # Oldest first, the original's default; the descending variant serves `$orderby=created_at desc`.
 ORDER_CREATED_ASC: Final = KeysetOrder(
@@ -66,6 +66,10 @@ class MessagePage:
     items: list[MessageRecord]
     next_cursor: PageCursor | None
     prev_cursor: PageCursor | None
+    # Owner listings only: the owner's reaction per message that has one, and the messages with attachment
+    # links (their summaries are read for those alone; most pages have none).
+    reactions: dict[uuid.UUID, str] = field(default_factory=dict)
+    with_attachments: list[uuid.UUID] = field(default_factory=list)
 
 
 # The chat_id is not read back: every query here names the chat (and every UUID read costs).
@@ -95,9 +99,27 @@ _GET_VISIBLE: Final = Prepared(
 _LISTING: Final = KeysetListing("messages", columns=_MESSAGE_COLUMNS, table=messages, scope=_VISIBLE_IN_CHAT)
 # The same, only while the chat is the live chat of `user_id`: the owner check of a listing folded into its
 # page query (an uncorrelated EXISTS, evaluated once), one statement less per page.
+# An owner listing also reads, per message, the owner's reaction and whether attachments are linked: one
+# round trip per page instead of three (both subqueries are lookups on unique keys).
+_OWNER_EXTRAS: Final = (
+    sa.select(message_reactions.c.reaction)
+    .where(
+        message_reactions.c.message_id == messages.c.id,
+        message_reactions.c.user_id == sa.bindparam("user_id"),
+        message_reactions.c.tenant_id == sa.bindparam("tenant_id"),
+    )
+    .scalar_subquery()
+    .label("my_reaction"),
+    sa.exists()
+    .where(
+        message_attachments.c.chat_id == messages.c.chat_id,
+        message_attachments.c.message_id == messages.c.id,
+    )
+    .label("has_attachments"),
+)
 _OWNED_LISTING: Final = KeysetListing(
     "owned messages",
-    columns=_MESSAGE_COLUMNS,
+    columns=(*_MESSAGE_COLUMNS, *_OWNER_EXTRAS),
     table=messages,
     scope=sa.and_(
         _VISIBLE_IN_CHAT,
@@ -113,7 +135,7 @@ _OWNED_LISTING: Final = KeysetListing(
 
 def _record(chat_id: uuid.UUID, row: Any) -> MessageRecord:
     """A message of this chat from a row of _MESSAGE_COLUMNS (a prepared statement's), by position."""
-    id_, request_id, role, content, model, input_tokens, output_tokens, created_at = row.values()
+    id_, request_id, role, content, model, input_tokens, output_tokens, created_at = row.values()[:8]
     return MessageRecord(
         id=fast_uuid(id_),
         chat_id=chat_id,
@@ -146,7 +168,8 @@ async def list_visible_page(
     owner: uuid.UUID | None = None,
 ) -> MessagePage:
     """A page of the chat's visible messages; with `owner`, an empty page unless the chat is that user's live
-    chat (the caller then tells a missing chat from an empty one)."""
+    chat (the caller then tells a missing chat from an empty one), and the owner's reactions and the messages
+    with attachments alongside."""
     scope: dict[str, Any] = {"tenant_id": tenant_id, "chat_id": chat_id}
     if owner is not None:
         scope["user_id"] = owner
@@ -158,10 +181,23 @@ async def list_visible_page(
         limit=limit,
         cursor=cursor,
     )
+    items = [_record(chat_id, row) for row in page.rows]
+    if owner is None:
+        return MessagePage(items=items, next_cursor=page.next_cursor, prev_cursor=page.prev_cursor)
+    reactions: dict[uuid.UUID, str] = {}
+    with_attachments: list[uuid.UUID] = []
+    for item, row in zip(items, page.rows, strict=True):
+        reaction, has_attachments = row.values()[8:]
+        if reaction is not None:
+            reactions[item.id] = reaction
+        if has_attachments:
+            with_attachments.append(item.id)
     return MessagePage(
-        items=[_record(chat_id, row) for row in page.rows],
+        items=items,
         next_cursor=page.next_cursor,
         prev_cursor=page.prev_cursor,
+        reactions=reactions,
+        with_attachments=with_attachments,
     )
 
 
