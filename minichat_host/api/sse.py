@@ -25,6 +25,7 @@ from aiohttp_sse import EventSourceResponse
 from minichat_host.api.problems import REQUEST_ID_KEY
 from minichat_host.domain.events import SseFrame
 from minichat_host.domain.turns import TurnStream
+from minichat_host.scheduling import after_ready_io
 
 log = logging.getLogger("minichat.api.sse")
 
@@ -52,6 +53,11 @@ class _SseResponse(EventSourceResponse):
     are written by `_StreamWatch` instead, only when a stream has been quiet for the interval.
     """
 
+    # The status line and headers wait for the first frame and go out in the same write: one send (and one
+    # wake-up of the client) less per stream, in the step that starts the turn (aiohttp's own `Response`
+    # does the same for its body; aiohttp before 3.11 ignores it and sends them on `prepare`).
+    _send_headers_immediately = False
+
     def __init__(self, headers: dict[str, str]) -> None:
         super().__init__(
             headers=headers,
@@ -78,24 +84,27 @@ class _SseResponse(EventSourceResponse):
         data = _encoder.encode(frame.data)
         payload = b"event: " + frame.event.encode("ascii") + b"\ndata: " + data + b"\n\n"
         try:
-            await self.send_raw(payload)
+            await self.send_raw(payload, last=frame.is_terminal)
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             # Reset, stalled past the send timeout, or a write after the transport closed.
             log.debug("SSE client gone: %s", type(exc).__name__)
             return False
         return True
 
-    async def send_raw(self, payload: bytes) -> None:
+    async def send_raw(self, payload: bytes, *, last: bool = False) -> None:
+        """Write `payload`; `last` ends the response with it (the terminal event and the chunked body's end
+        in one write)."""
         transport = self._req.transport if self._req is not None else None
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client is gone")
         self.last_write = time.monotonic()
+        write = self.write_eof if last else self.write
         if transport.get_write_buffer_size() + len(payload) < _QUEUED_BYTES_WITHOUT_TIMEOUT:
-            await self.write(payload)
+            await write(payload)
             return
         try:
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
-                await self.write(payload)
+                await write(payload)
         except TimeoutError:
             self._abort_transport()
             raise
@@ -200,6 +209,9 @@ async def write_sse(request: web.Request, stream: TurnStream) -> web.StreamRespo
     try:
         await response.prepare(request)
         watcher.start()
+        # The upstream request is on the wire; the first frame can wait for the reads that are ready now
+        # (other streams' chunks) instead of going ahead of them.
+        await after_ready_io()
         finished = await stream.relay(response)
         if finished:
             watcher.stop()  # no ping may follow the terminal event

@@ -44,6 +44,7 @@ from minichat_host.providers.base import (
     ToolEvent,
     Usage,
 )
+from minichat_host.scheduling import after_ready_io
 
 log = logging.getLogger("minichat.turns")
 
@@ -402,6 +403,7 @@ class TurnRun:
 
     async def _finish(self, pump: asyncio.Task[TurnOutcome]) -> FinalizeResult | None:
         outcome = self._outcome_of(pump)
+        await after_ready_io()
         result: FinalizeResult | None = None
         try:
             result = await self._finalize(outcome)

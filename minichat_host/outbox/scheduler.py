@@ -88,6 +88,7 @@ from minichat_host.outbox.store import (
 )
 from minichat_host.outbox.vacuum import vacuum
 from minichat_host.plugins.errors import PermanentError, TransientError
+from minichat_host.scheduling import after_ready_io
 
 logger = logging.getLogger("minichat.outbox")
 
@@ -623,6 +624,7 @@ class Outbox:
         while self._dirty and not self._stopping:
             partition_id = next(iter(self._dirty))
             del self._dirty[partition_id]
+            await after_ready_io()
             try:
                 count = await self._write(
                     sequence_partition(self.database, self.dialect, partition_id, self.clock())
@@ -723,6 +725,7 @@ class Outbox:
         """Run up to MAX_BATCHES_PER_TURN batches under one lease; True when more work is waiting."""
         partition = self._partitions[partition_id]
         spec = self._queues[partition.queue]
+        await after_ready_io()
         started = time.monotonic()
         now = self.clock()
         lease = await self._write(
@@ -781,6 +784,7 @@ class Outbox:
             if not rows:
                 return False
             expected, attempts, interrupted = plan.new_seq, 1, False
+            await after_ready_io()
 
     def _plan(
         self, spec: QueueSpec, result: _BatchResult, expected: int, attempts: int, keep: bool
