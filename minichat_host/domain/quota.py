@@ -17,6 +17,7 @@ Deliberate differences from the original, each one so that what is checked is wh
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -180,6 +181,14 @@ def next_reset(period_type: PeriodType, now: dt.datetime) -> dt.datetime:
     else:
         nxt = dt.date(today.year, today.month + 1, 1)
     return dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=dt.UTC)
+
+
+@functools.lru_cache(maxsize=8)
+def _next_reset_text(period_type: PeriodType, period_start: dt.date) -> str:
+    """`rfc3339(next_reset(...))` for the period starting on `period_start` (cached: it changes once a day,
+    and every finalized turn and quota read formats it)."""
+    start = dt.datetime(period_start.year, period_start.month, period_start.day, tzinfo=dt.UTC)
+    return rfc3339(next_reset(period_type, start))
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -417,9 +426,10 @@ class Settlement:
     bucket_deltas: tuple[BucketDelta, ...]
 
 
+@functools.lru_cache(maxsize=8)
 def _tolerance(factor: float) -> Fraction:
     # The config value is a decimal the operator wrote (1.10); compare against that exact rational,
-    # not against the binary float nearest to it.
+    # not against the binary float nearest to it. Cached: one config value, read on every settlement.
     return Fraction(str(factor))
 
 
@@ -462,7 +472,9 @@ def settle(
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError("actual token counts must not be negative")
         total_tokens = input_tokens + output_tokens
-        if Fraction(total_tokens, reserve.reserve_tokens) > _tolerance(overshoot_tolerance):
+        tolerance = _tolerance(overshoot_tolerance)
+        # total / reserve > n / d, in integers (reserve_tokens > 0, d > 0).
+        if total_tokens * tolerance.denominator > tolerance.numerator * reserve.reserve_tokens:
             charge, charged_tokens, overshoot_capped = (
                 reserve.reserved_credits_micro,
                 reserve.reserve_tokens,
@@ -584,7 +596,7 @@ def quota_status(
                     used_credits_micro=used,
                     remaining_credits_micro=remaining,
                     remaining_percentage=pct,
-                    next_reset=rfc3339(next_reset(period.period_type, now)),
+                    next_reset=_next_reset_text(period.period_type, period.period_start),
                     warning=pct <= 100 - warning_threshold_pct,
                     exhausted=pct == 0,
                 )
