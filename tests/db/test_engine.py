@@ -268,7 +268,9 @@ async def test_postgresql_connections_go_to_tasks_in_the_order_they_asked(pg_db_
         await asyncio.gather(*(worker() for _ in range(64)))
     finally:
         await database.disconnect()
-    assert max(overtaken) <= 64 + 2, sorted(overtaken)[-10:]
+    # FIFO bounds it at 63 (each other task once) counted by service; counted by completion, a statement
+    # served before the ask can complete after it when the machine is loaded (CI saw 67). Unfair gave 178.
+    assert max(overtaken) <= 64 + 16, sorted(overtaken)[-10:]
 
 
 async def test_postgresql_first_statement_travels_with_begin(pg_db_url: str) -> None:
