@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, NamedTuple
 
+import msgspec
+
 from minichat_host.config import ProviderConfig
 from minichat_host.providers.base import (
     Citations,
@@ -32,6 +34,7 @@ from minichat_host.providers.base import (
     estimate_tokens,
 )
 from minichat_host.providers.retrieval import context_block, file_citations, files_searched, search_files
+from minichat_host.providers.sse import SseEvent
 from minichat_host.providers.upstream import (
     UpstreamClient,
     as_int,
@@ -118,6 +121,59 @@ class _ChunkParts(NamedTuple):
     finish_reason: str | None
 
 
+class _TypedDelta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _TypedChoice(msgspec.Struct):
+    index: int = 0
+    delta: _TypedDelta | None = None
+    finish_reason: str | None = None
+
+
+class _TypedChunk(msgspec.Struct):
+    """The usual shape of a `chat.completion.chunk` (other fields are skipped by the decoder)."""
+
+    id: str | None = None
+    choices: list[_TypedChoice] = []
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
+_decode_typed_chunk = msgspec.json.Decoder(_TypedChunk).decode
+
+
+def event_parts(sse: SseEvent) -> _ChunkParts:
+    """`_chunk_parts` of the event's JSON; a chunk of the usual shape is decoded straight into structs (a
+    third of the dict walk's cost per streamed token), anything else goes through the lenient walk."""
+    try:
+        chunk = _decode_typed_chunk(sse.data)
+    except msgspec.DecodeError:  # also a ValidationError: a field of another type than the usual
+        return _chunk_parts(decode_event_json(sse))
+    if chunk.error:
+        return _chunk_parts(decode_event_json(sse))  # the walk raises the error it carries
+    texts: list[str] = []
+    finish_reason: str | None = None
+    for choice in chunk.choices:
+        if as_int(choice.index) != 0:
+            continue
+        delta = choice.delta
+        if delta is not None:
+            if delta.content:
+                texts.append(delta.content)
+            if delta.refusal:  # a refusal is the text the user gets instead
+                texts.append(delta.refusal)
+        if choice.finish_reason is not None:
+            finish_reason = choice.finish_reason
+    return _ChunkParts(
+        response_id=chunk.id,
+        usage=usage_from_chat(chunk.usage),
+        texts=tuple(texts),
+        finish_reason=finish_reason,
+    )
+
+
 def _chunk_parts(chunk: dict[str, Any]) -> _ChunkParts:
     """What one `chat.completion.chunk` carries for choice 0 (raises the error a chunk may carry)."""
     error = _chunk_error(chunk)
@@ -190,7 +246,7 @@ class OpenAIChatProvider:
                 if sse.data.strip() == "[DONE]":
                     done = True
                     break
-                parts = _chunk_parts(decode_event_json(sse))
+                parts = event_parts(sse)
                 del sse  # neither the event nor its JSON is kept while the next one is awaited
                 response_id = response_id or parts.response_id
                 usage = parts.usage or usage

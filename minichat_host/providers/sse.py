@@ -9,14 +9,16 @@ is discarded at end of stream, as the spec says.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
 
 
-@dataclass(frozen=True, slots=True)
-class SseEvent:
+class SseEvent(NamedTuple):
+    """One dispatched event (a named tuple: built once per streamed chunk, where a frozen dataclass's
+    `__init__` cost more than the parsing)."""
+
     event: str
     data: str
     id: str | None = None
@@ -33,6 +35,16 @@ class SseParser:
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Consume one chunk and return the events it completed, in order."""
+        if (
+            # The usual chunk of a model's stream, one whole `data: …` event in LF line ends, with nothing
+            # pending: the event without the line scan (a third of the relay's parsing time per chunk).
+            chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and not (self._buffer or self._skip_lf or self._at_start or self._data or self._event)
+        ):
+            return [SseEvent("message", chunk[6:-2].decode("utf-8", errors="replace"), self._last_id)]
         if self._skip_lf and chunk:
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]

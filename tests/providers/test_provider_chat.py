@@ -27,7 +27,9 @@ from minichat_host.providers.base import (
     ToolEvent,
     WebSearchTool,
 )
-from minichat_host.providers.openai_chat import OpenAIChatProvider
+from minichat_host.providers.openai_chat import OpenAIChatProvider, _chunk_parts, event_parts
+from minichat_host.providers.sse import SseEvent
+from minichat_host.providers.upstream import decode_event_json
 
 TENANT = "tenant-1"
 
@@ -308,3 +310,38 @@ async def test_refusals_are_relayed_as_text(fake: FakeOpenAI, provider: OpenAICh
     events = await collect(provider.stream(request(), tenant_id=TENANT))
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["No, ", "sorry."]
     assert isinstance(events[-1], Completed)
+
+
+_CHUNKS = [
+    '{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}',
+    '{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null}]}',
+    '{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+    '{"id":"c1","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
+    '"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":1}}}',
+    '{"choices":[{"index":1,"delta":{"content":"other choice"}},{"delta":{"refusal":"no","content":"x"}}]}',
+    '{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":""}],"usage":null}',
+    # Off the usual shape: the lenient walk decides.
+    '{"id":7,"choices":[{"index":0,"delta":{"content":"a"}}]}',
+    '{"choices":{"index":0},"usage":[1]}',
+    '{"choices":[{"index":true,"delta":"text"},{"index":0.0,"delta":{"content":5}},"junk"]}',
+    '{"choices":[{"index":-1,"delta":{"content":"negative index counts as 0"}}]}',
+    '{"choices":[{"index":0,"delta":{"content":"a"}}],"usage":{"prompt_tokens":"7"}}',
+    '{"error":{"code":"rate_limit_exceeded","message":"slow down"}}',
+    '{"error":"plain text error"}',
+    '{"error":null,"choices":[{"index":0,"delta":{"content":"ok"}}]}',
+    "[1, 2]",
+    "not json",
+]
+
+
+@pytest.mark.parametrize("data", _CHUNKS)
+def test_typed_chunk_decoding_equals_the_lenient_walk(data: str) -> None:
+    event = SseEvent("message", data)
+    try:
+        expected = _chunk_parts(decode_event_json(event))
+    except ProviderError as exc:
+        with pytest.raises(ProviderError) as raised:
+            event_parts(event)
+        assert (raised.value.code, raised.value.message) == (exc.code, exc.message)
+        return
+    assert event_parts(event) == expected

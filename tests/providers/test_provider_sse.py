@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from minichat_host.providers.sse import SseEvent, SseParser
@@ -81,3 +83,46 @@ def test_events_are_returned_as_soon_as_their_blank_line_arrives() -> None:
 def test_invalid_utf8_is_replaced_not_fatal() -> None:
     events, _ = parse([b"data: \xff\xfe ok\n\n"])
     assert events == [SseEvent(event="message", data="\ufffd\ufffd ok")]
+
+
+def test_one_event_per_chunk_as_models_stream_them() -> None:
+    # Chunks cut at every blank line: the shape a model's stream usually arrives in (one whole event each).
+    events, _ = parse([block for block in re.split(rb"(?<=\n\n)", STREAM) if block])
+    assert events == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        # An `id` and an `event` field fed before the data line belong to the event it completes.
+        ([b"data: 0\n\n", b"id: 9\n\n", b"data: a\n\n"], [("message", "0", None), ("message", "a", "9")]),
+        ([b"data: 0\n\n", b"event: named\n", b"data: a\n\n"], [("message", "0", None), ("named", "a", None)]),
+        # A data line fed before completes with the next one.
+        ([b"data: 0\n\n", b"data: a\n", b"data: b\n\n"], [("message", "0", None), ("message", "a\nb", None)]),
+        # Two events in one chunk, CR line ends inside, an empty data line, no space after the colon.
+        (
+            [b"data: 0\n\n", b"data: a\n\ndata: b\n\n"],
+            [("message", "0", None), ("message", "a", None), ("message", "b", None)],
+        ),
+        (
+            [b"data: 0\n\n", b"data: a\r\rdata: b\r\n\r\n"],
+            [("message", "0", None), ("message", "a", None), ("message", "b", None)],
+        ),
+        (
+            [b"data: 0\n\n", b"data: \n\n", b"data:x\n\n"],
+            [("message", "0", None), ("message", "", None), ("message", "x", None)],
+        ),
+        # A first chunk with a byte-order mark, and a stream opening with a one-event chunk.
+        ([b"\xef\xbb\xbfdata: a\n\n"], [("message", "a", None)]),
+        (
+            [b"data: a\n\n", b"data: caf\xc3\xa9\n\n"],
+            [("message", "a", None), ("message", "caf\u00e9", None)],
+        ),
+    ],
+)
+def test_whole_event_chunks_after_other_input(
+    chunks: list[bytes], expected: list[tuple[str, str, str | None]]
+) -> None:
+    events, parser = parse(chunks)
+    assert events == [SseEvent(event=event, data=data, id=id_) for event, data, id_ in expected]
+    assert not parser.has_partial_event
