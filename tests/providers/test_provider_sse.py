@@ -112,6 +112,16 @@ def test_one_event_per_chunk_as_models_stream_them() -> None:
             [b"data: 0\n\n", b"data: \n\n", b"data:x\n\n"],
             [("message", "0", None), ("message", "", None), ("message", "x", None)],
         ),
+        # Named events, as the Responses API streams them: the name, an empty name, a name and two data lines.
+        (
+            [b"data: 0\n\n", b"event: response.output_text.delta\ndata: {}\n\n", b"event: \ndata: x\n\n"],
+            [("message", "0", None), ("response.output_text.delta", "{}", None), ("message", "x", None)],
+        ),
+        (
+            [b"data: 0\n\n", b"event: e\ndata: a\ndata: b\n\n", b"event: only\n\n", b"event: e\n\n"],
+            [("message", "0", None), ("e", "a\nb", None)],
+        ),
+        ([b"data: 0\n\n", b"id: 3\n", b"event: e\ndata: a\n\n"], [("message", "0", None), ("e", "a", "3")]),
         # A first chunk with a byte-order mark, and a stream opening with a one-event chunk.
         ([b"\xef\xbb\xbfdata: a\n\n"], [("message", "a", None)]),
         (
