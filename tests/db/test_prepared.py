@@ -3,13 +3,16 @@ converted like ordinary statements, inside and outside transactions, and what ca
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
+from typing import Any
 
 import databases
 import pytest
 import sqlalchemy as sa
 
+from minichat_host.db.engine import is_unique_violation
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos.common import in_values
 from minichat_host.db.tables import chats
@@ -111,3 +114,47 @@ async def test_missing_values_and_value_dependent_sql_are_refused(database: data
     assert await fixed.fetch_all(database) == []
     with pytest.raises(TypeError, match="cannot run prepared statements"):
         await COUNT.fetch_val(object())
+
+
+async def test_other_tasks_neither_see_nor_wait_for_an_open_transaction(
+    database: databases.Database,
+) -> None:
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    await INSERT_CHAT.execute(database, **_chat(tenant, user, "committed", minute=1))
+
+    async def outside() -> list[str]:
+        rows = await OWNED_LIVE.fetch_all(database, tenant_id=tenant, user_id=user)
+        return [row["title"] for row in rows]
+
+    async with database.transaction():
+        await INSERT_CHAT.execute(database, **_chat(tenant, user, "pending", minute=2))
+        inside = [r["title"] for r in await OWNED_LIVE.fetch_all(database, tenant_id=tenant, user_id=user)]
+        assert inside == ["committed", "pending"]
+        # Another task runs on a connection of its own: the committed row only, without waiting.
+        assert await asyncio.wait_for(asyncio.create_task(outside()), 5) == ["committed"]
+    assert await outside() == ["committed", "pending"]
+
+
+async def test_statements_outside_a_transaction_leave_no_connection_behind(
+    database: databases.Database, engine_name: str
+) -> None:
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    chat = _chat(tenant, user, "once", minute=1)
+    await INSERT_CHAT.execute(database, **chat)
+    for _ in range(20):
+        assert len(await OWNED_LIVE.fetch_all(database, tenant_id=tenant, user_id=user)) == 1
+    with pytest.raises(Exception) as failed:
+        await INSERT_CHAT.execute(database, **chat)  # the same primary key again
+    assert is_unique_violation(failed.value)
+    task = asyncio.current_task()
+    assert task is not None and database._connection_map.get(task) is None
+    if engine_name == "sqlite":
+        # One pooled connection served all of them, the failed insert's included, and is idle again.
+        pool: Any = database._backend._pool  # type: ignore[attr-defined]
+        assert len(pool._idle) == 1 and not pool._idle[0].in_transaction
+    # The task's later transaction starts cleanly on a connection of its own.
+    async with database.transaction():
+        await RENAME.fetch_one(database, chat_id=chat["id"], title="renamed")
+    assert [r["title"] for r in await OWNED_LIVE.fetch_all(database, tenant_id=tenant, user_id=user)] == [
+        "renamed"
+    ]
