@@ -711,6 +711,16 @@ class MinichatPostgresBackend(PostgresBackend):
     def connection(self) -> _CachedPostgresConnection:
         return _CachedPostgresConnection(self, self._dialect, self._statements)
 
+    async def run_prepared_alone(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
+        """A prepared statement outside any connection of the calling task: on a pooled connection that goes
+        straight back (as databases would, without its `Connection` and three locks per call)."""
+        connection = self.connection()
+        await connection.acquire()
+        try:
+            return await connection.run_prepared(prepared, values, mode)
+        finally:
+            await connection.release()
+
 
 class _ReleasingTransaction(Transaction):
     """databases' Transaction, except that the connection is given back even when BEGIN, COMMIT or
@@ -812,18 +822,18 @@ class _MinichatDatabase(databases.Database):
         return _ReleasingTransaction(self.connection, force_rollback, **kwargs)
 
     async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
-        backend = self._backend
-        if isinstance(backend, MinichatSQLiteBackend) and self._global_connection is None:
-            # SQLite runs statements in place (sqlite_inline.py), so databases' per-statement bookkeeping
-            # (a Connection and its locks, acquired and released around each statement) was most of a
-            # prepared statement's cost: 61 µs against 12 for the query itself (in a transaction, 36).
+        backend: Any = self._backend
+        if self._global_connection is None:
+            # databases' per-statement bookkeeping (a Connection with three locks, built, acquired and
+            # released around each statement outside a transaction) was most of a prepared statement's
+            # cost on SQLite, which runs statements in place: 61 µs against 12 for the query itself (36 in
+            # a transaction). The task's own connection, when it holds one, is used as databases would.
             task = asyncio.current_task()
             held: Any = self._connection_map.get(task) if task is not None else None
             if held is None:
                 return await backend.run_prepared_alone(prepared, values, mode)
-            raw = held._connection._connection
-            if held._connection_counter and raw is not None and not held._query_lock.locked():
-                return await run_inline_prepared(backend._dialect, raw, prepared, values, mode)
+            if held._connection_counter and not held._query_lock.locked():
+                return await held._connection.run_prepared(prepared, values, mode)
         connection: Any = self.connection()
         return await connection.run_prepared(prepared, values, mode)
 
