@@ -168,7 +168,9 @@ def _short(text: str | None, limit: int = 60) -> str:
 
 @_guard
 def _status(args: argparse.Namespace) -> int:
-    statuses: list[QueueStatus] = _run(args, lambda db, _: queue_status(db, args.queue))
+    statuses: list[QueueStatus] = _run(
+        args, lambda db, dialect: queue_status(db, args.queue, dialect=dialect)
+    )
     if args.json:
         _json(msgspec.to_builtins(statuses))
         return ExitCode.OK

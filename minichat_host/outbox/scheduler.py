@@ -531,7 +531,7 @@ class Outbox:
 
     async def status(self) -> list[QueueStatus]:
         """QueueStatus per partition of this outbox's queues."""
-        return await queue_status(self.database, sorted(self._queues), clock=self.clock)
+        return await queue_status(self.database, sorted(self._queues), clock=self.clock, dialect=self.dialect)
 
     async def refresh_metrics(self) -> None:
         self.metrics.observe_status(await self.status())

@@ -8,86 +8,50 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import Sequence
 
 import databases
-import sqlalchemy as sa
 
+from minichat_host.outbox import sql
 from minichat_host.outbox.enqueue import Clock, utc_now
 from minichat_host.outbox.models import QueueStatus
-from minichat_host.outbox.tables import (
-    outbox_body,
-    outbox_dead_letters,
-    outbox_incoming,
-    outbox_outgoing,
-    outbox_partitions,
-    outbox_processor,
-)
+from minichat_host.outbox.sql import DialectName, Sql
 
 
 async def queue_status(
-    db: databases.Database, queues: Sequence[str] | None = None, *, clock: Clock = utc_now
+    db: databases.Database,
+    queues: Sequence[str] | None = None,
+    *,
+    clock: Clock = utc_now,
+    dialect: DialectName | None = None,
 ) -> list[QueueStatus]:
     """One QueueStatus per partition of `queues` (all queues in the database when None)."""
-    parts = outbox_partitions.c
-    proc = outbox_processor.c
-    main = (
-        sa.select(
-            parts.id,
-            parts.queue,
-            parts.partition,
-            parts.sequence,
-            proc.processed_seq,
-            proc.attempts,
-            proc.last_error,
-            proc.locked_by,
-            proc.locked_until,
-            proc.retry_at,
-        )
-        .select_from(outbox_partitions.join(outbox_processor, proc.partition_id == parts.id))
-        .order_by(parts.queue, parts.partition)
-    )
-    if queues is not None:
-        main = main.where(parts.queue.in_(list(queues)))
-    rows = await db.fetch_all(main)
+    dialect = dialect or _dialect_of(db)
+    names = None if queues is None else list(queues)
+    if names is None:
+        rows = await sql.fetch(db, dialect, _ALL_PARTITIONS)
+    elif names:
+        rows = await sql.fetch(db, dialect, _partitions_sql(len(names)), *names)
+    else:
+        rows = []
     if not rows:
         return []
     ids = [int(row[0]) for row in rows]
-    # Committed but not yet sequenced: count and oldest enqueue time.
-    await _let_others_run()
-    incoming_rows = await db.fetch_all(
-        sa.select(outbox_incoming.c.partition_id, sa.func.count(), sa.func.min(outbox_body.c.created_at))
-        .select_from(outbox_incoming.join(outbox_body, outbox_body.c.id == outbox_incoming.c.body_id))
-        .where(outbox_incoming.c.partition_id.in_(ids))
-        .group_by(outbox_incoming.c.partition_id)
-    )
-    # The head (processed_seq + 1) is the oldest sequenced message still waiting.
-    await _let_others_run()
-    head_rows = await db.fetch_all(
-        sa.select(outbox_outgoing.c.partition_id, outbox_body.c.created_at)
-        .select_from(
-            outbox_outgoing.join(outbox_body, outbox_body.c.id == outbox_outgoing.c.body_id).join(
-                outbox_processor,
-                sa.and_(
-                    proc.partition_id == outbox_outgoing.c.partition_id,
-                    outbox_outgoing.c.seq == proc.processed_seq + 1,
-                ),
-            )
-        )
-        .where(outbox_outgoing.c.partition_id.in_(ids))
-    )
-    await _let_others_run()
-    dead_rows = await db.fetch_all(
-        sa.select(outbox_dead_letters.c.partition_id, sa.func.count())
-        .where(outbox_dead_letters.c.partition_id.in_(ids), outbox_dead_letters.c.status == "pending")
-        .group_by(outbox_dead_letters.c.partition_id)
-    )
+    # The server refreshes its metrics from here every few seconds: yield between the statements rather
+    # than hold the loop for the lot.
+    await asyncio.sleep(0)
+    incoming_rows = await sql.fetch(db, dialect, _incoming_sql(len(ids)), *ids)
+    await asyncio.sleep(0)
+    head_rows = await sql.fetch(db, dialect, _head_sql(len(ids)), *ids)
+    await asyncio.sleep(0)
+    dead_rows = await sql.fetch(db, dialect, _dead_sql(len(ids)), *ids)
     unsequenced = {int(row[0]): int(row[1]) for row in incoming_rows}
     oldest: dict[int, dt.datetime] = {}
     for row in incoming_rows:
-        oldest[int(row[0])] = _as_utc(row[2])
+        oldest[int(row[0])] = sql.parse_timestamp(row[2])
     for row in head_rows:
-        created = _as_utc(row[1])
+        created = sql.parse_timestamp(row[1])
         pid = int(row[0])
         oldest[pid] = min(created, oldest.get(pid, created))
     dead = {int(row[0]): int(row[1]) for row in dead_rows}
@@ -111,8 +75,8 @@ async def queue_status(
                 attempts=int(row[5]),
                 last_error=row[6],
                 locked_by=row[7],
-                locked_until=row[8],
-                retry_at=row[9],
+                locked_until=_optional_utc(row[8]),
+                retry_at=_optional_utc(row[9]),
                 oldest_pending_age_seconds=None if age is None else max(age, 0.0),
                 dead_letters=dead.get(pid, 0),
             )
@@ -120,16 +84,67 @@ async def queue_status(
     return result
 
 
-async def _let_others_run() -> None:
-    # Each of these statements is compiled per call (~0.5 ms); the metrics refresh runs them in the
-    # server every few seconds, so yield between them rather than hold the loop for the lot.
-    await asyncio.sleep(0)
+def _optional_utc(value: dt.datetime | str | None) -> dt.datetime | None:
+    return None if value is None else sql.parse_timestamp(value)
 
 
-def _as_utc(value: dt.datetime | str) -> dt.datetime:
-    """`min()` over a UtcDateTime column comes back untyped (text on SQLite): normalise it."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
+def _dialect_of(db: databases.Database) -> DialectName:
+    return "postgresql" if db.url.dialect in ("postgresql", "postgres") else "sqlite"
+
+
+# SQL text built once per partition (or queue) count: the server runs these every reconcile interval, and
+# compiling the equivalent SQLAlchemy statements took ~7 ms of the event loop per refresh (bench/stream.py
+# per-chunk latency).
+_PARTITIONS = """
+    SELECT p.id, p.queue, p.partition, p.sequence, r.processed_seq, r.attempts, r.last_error,
+           r.locked_by, r.locked_until, r.retry_at
+    FROM outbox_partitions p JOIN outbox_processor r ON r.partition_id = p.id
+"""
+_ALL_PARTITIONS = Sql(f"{_PARTITIONS} ORDER BY p.queue, p.partition")
+
+
+@functools.cache
+def _partitions_sql(count: int) -> Sql:
+    return Sql(f"{_PARTITIONS} WHERE p.queue IN ({_params(count)}) ORDER BY p.queue, p.partition")
+
+
+@functools.cache
+def _incoming_sql(count: int) -> Sql:
+    """Committed but not yet sequenced: count and oldest enqueue time per partition."""
+    return Sql(
+        f"""
+        SELECT i.partition_id, count(*), min(b.created_at)
+        FROM outbox_incoming i JOIN outbox_body b ON b.id = i.body_id
+        WHERE i.partition_id IN ({_params(count)})
+        GROUP BY i.partition_id
+        """
+    )
+
+
+@functools.cache
+def _head_sql(count: int) -> Sql:
+    """The head (processed_seq + 1) is the oldest sequenced message still waiting."""
+    return Sql(
+        f"""
+        SELECT o.partition_id, b.created_at
+        FROM outbox_outgoing o
+        JOIN outbox_body b ON b.id = o.body_id
+        JOIN outbox_processor r ON r.partition_id = o.partition_id AND o.seq = r.processed_seq + 1
+        WHERE o.partition_id IN ({_params(count)})
+        """
+    )
+
+
+@functools.cache
+def _dead_sql(count: int) -> Sql:
+    return Sql(
+        f"""
+        SELECT partition_id, count(*) FROM outbox_dead_letters
+        WHERE partition_id IN ({_params(count)}) AND status = 'pending'
+        GROUP BY partition_id
+        """
+    )
+
+
+def _params(count: int) -> str:
+    return ", ".join(f"${index}" for index in range(1, count + 1))

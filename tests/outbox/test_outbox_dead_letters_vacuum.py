@@ -23,6 +23,7 @@ from minichat_host.outbox import (
     reject_dead_letters,
     resolve_dead_letters,
 )
+from minichat_host.outbox.store import acquire_lease, sequence_partition
 from minichat_host.outbox.tables import (
     outbox_body,
     outbox_incoming,
@@ -193,6 +194,45 @@ async def test_vacuum_keeps_counter_bumps_that_happen_meanwhile(
     assert await database.fetch_val(sa.select(outbox_vacuum_counter.c.counter)) == 1
 
 
+async def test_status_counts_unsequenced_rows_and_reports_a_held_lease(
+    make_outbox: OutboxFactory, database: databases.Database, engine_name: str
+) -> None:
+    outbox = make_outbox()
+    outbox.register_queue(QUEUE, Recorder(), partitions=1, timeout=1.0)
+    outbox.register_queue("other", Recorder(), partitions=1, timeout=1.0)
+    await outbox.ensure_queues()
+    before = dt.datetime.now(dt.UTC)
+    async with outbox.transaction() as tx:
+        for n in range(3):
+            await tx.enqueue(QUEUE, "k", {"n": n})
+
+    # Committed, not yet sequenced: counted, and aged from the oldest enqueue.
+    [waiting] = await queue_status(database, [QUEUE])
+    assert (waiting.last_seq, waiting.unsequenced, waiting.backlog) == (0, 3, 3)
+    assert waiting.oldest_pending_age_seconds is not None and waiting.oldest_pending_age_seconds >= 0
+
+    # Sequenced and leased by a worker that has not acked: the lease shows, as aware UTC datetimes.
+    [partition_id] = [s.partition_id for s in await queue_status(database, [QUEUE])]
+    now = dt.datetime.now(dt.UTC)
+    assert await sequence_partition(database, engine_name, partition_id, now) == 3
+    lease_until = now + dt.timedelta(seconds=30)
+    lease = await acquire_lease(database, engine_name, partition_id, "worker-1", now, lease_until, 10)
+    assert lease is not None
+    [leased] = await queue_status(database, [QUEUE])
+    assert (leased.last_seq, leased.processed_seq, leased.unsequenced, leased.backlog) == (3, 0, 0, 3)
+    assert (leased.locked_by, leased.attempts, leased.retry_at) == ("worker-1", 1, None)
+    assert leased.locked_until is not None and leased.locked_until.tzinfo is not None
+    assert abs((leased.locked_until - lease_until).total_seconds()) < 0.001
+    age = leased.oldest_pending_age_seconds
+    assert age is not None and 0 <= age <= (dt.datetime.now(dt.UTC) - before).total_seconds() + 1
+
+    # The queue filter: every partition of the named queues, in queue order; none for no queues.
+    assert [s.queue for s in await queue_status(database, ["other", QUEUE])] == sorted(["other", QUEUE])
+    assert [s.queue for s in await queue_status(database)] == sorted(["other", QUEUE])
+    assert await queue_status(database, []) == []
+    assert await queue_status(database, ["missing"]) == []
+
+
 async def test_status_and_metrics(make_outbox: OutboxFactory, database: databases.Database) -> None:
     recorder = Recorder(script={b"bad": [PermanentError("no")], b"slow": [TransientError("wait")] * 100})
     registry = CollectorRegistry()
@@ -212,7 +252,7 @@ async def test_status_and_metrics(make_outbox: OutboxFactory, database: database
     busy = next(s for s in statuses if s.last_seq)
     assert (busy.last_seq, busy.processed_seq, busy.backlog, busy.attempts) == (4, 2, 2, 1)
     assert busy.last_error == "wait"
-    assert busy.retry_at is not None and busy.locked_by is None
+    assert busy.retry_at is not None and busy.retry_at.tzinfo is not None and busy.locked_by is None
     assert busy.dead_letters == 1
     assert busy.oldest_pending_age_seconds is not None and busy.oldest_pending_age_seconds >= 0
     idle = next(s for s in statuses if not s.last_seq)
