@@ -142,12 +142,16 @@ async def enqueue(
     payload_type: str = constants.PAYLOAD_TYPE_JSON,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     clock: Clock = utc_now,
+    partition_ids: Mapping[int, int] | None = None,
 ) -> Enqueued:
     """Write one message in the caller's open transaction (body + incoming rows).
 
     Nothing is visible to the scheduler until the caller commits; a rollback leaves no row. After the
     commit, call `Outbox.notify(result.queue, result.partition)` (or use `Outbox.transaction()`, which
     does it for you); without a wake-up the message is still found by the reconciler.
+
+    `partition_ids` (partition index → id of this queue, as `ensure_partitions` returned them) spares
+    SQLite the statement that looks the partition up; a queue's partitions never change once created.
     """
     data = encode_payload(payload)
     if len(data) > max_payload_bytes:
@@ -166,7 +170,11 @@ async def enqueue(
             database, dialect, _ENQUEUE_POSTGRESQL, queue, hash64, data, payload_type, created_at
         )
     else:
-        row = await sql.fetch_one(database, dialect, _FIND_PARTITION, queue, hash64)
+        if partition_ids:
+            index = hash64 % len(partition_ids)
+            row = (partition_ids[index], index)
+        else:
+            row = await sql.fetch_one(database, dialect, _FIND_PARTITION, queue, hash64)
         if row is not None:
             body_id = await sql.execute(database, dialect, _INSERT_BODY, data, payload_type, created_at)
             await sql.execute(database, dialect, _INSERT_INCOMING, row[0], body_id)

@@ -173,6 +173,7 @@ class OutboxTransaction:
             payload_type=payload_type,
             max_payload_bytes=self._outbox.config.max_payload_bytes,
             clock=self._outbox.clock,
+            partition_ids=self._outbox.partition_ids(queue),
         )
         self.enqueued.append(result)
         return result
@@ -377,6 +378,10 @@ class Outbox:
     def partition_for(self, queue: str, key: PartitionKey) -> int:
         """The partition a key maps to in a registered queue (documented in enqueue.py)."""
         return partition_for(key, self._queues[queue].partitions)
+
+    def partition_ids(self, queue: str) -> dict[int, int] | None:
+        """Partition index → id of a queue registered here and created in the database, else None."""
+        return self._ids_by_queue.get(queue)
 
     async def ensure_queues(self) -> None:
         """Create the database rows of every registered queue (done by `start()`; idempotent)."""

@@ -45,7 +45,8 @@ def timestamp(dialect: DialectName, value: dt.datetime) -> Any:
     value = value.astimezone(dt.UTC)
     if dialect == "postgresql":
         return value
-    return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The same text as strftime("%Y-%m-%d %H:%M:%S.%f"), in a fifth of the time (two per enqueue).
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def parse_timestamp(value: Any) -> dt.datetime:

@@ -160,6 +160,26 @@ async def test_low_level_enqueue_and_notify(make_outbox: OutboxFactory, database
     await wait_for(lambda: len(recorder.deliveries) == 1, within=5)
 
 
+async def test_known_partitions_route_as_the_database_lookup_does(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    """`tx.enqueue` on a queue registered here skips the partition lookup; the rows land where it would."""
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
+    await outbox.ensure_queues()
+    keys = [uuid.uuid4() for _ in range(16)] + ["tenant-a", "tenant-b", 7]
+    async with outbox.transaction() as tx:
+        known = [await tx.enqueue(QUEUE, key, b"x") for key in keys]
+    async with database.transaction():
+        looked_up = [await enqueue(database, QUEUE, key, b"x") for key in keys]
+    assert known == looked_up
+    assert len({entry.partition for entry in known}) > 1
+    rows = await database.fetch_all(
+        sa.select(outbox_incoming.c.partition_id).order_by(outbox_incoming.c.body_id)
+    )
+    assert [row[0] for row in rows] == [entry.partition_id for entry in known + looked_up]
+
+
 async def test_nested_transactions_wake_after_the_outer_commit(make_outbox: OutboxFactory) -> None:
     recorder = Recorder()
     outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
