@@ -34,6 +34,11 @@ class Sql:
         return self.postgresql if dialect == "postgresql" else self.sqlite
 
 
+def placeholders(first: int, count: int) -> str:
+    """`$first, …` for an IN list of `count` values (SQL text built once per count, not per call)."""
+    return ", ".join(f"${index}" for index in range(first, first + count))
+
+
 def _numbered(args: Sequence[Any]) -> dict[str, Any]:
     """SQLite's `?1`.. bound by name: a plain sequence for numbered placeholders is deprecated (Python 3.12)
     and an error from Python 3.14."""

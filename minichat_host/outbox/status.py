@@ -105,7 +105,7 @@ _ALL_PARTITIONS = Sql(f"{_PARTITIONS} ORDER BY p.queue, p.partition")
 
 @functools.cache
 def _partitions_sql(count: int) -> Sql:
-    return Sql(f"{_PARTITIONS} WHERE p.queue IN ({_params(count)}) ORDER BY p.queue, p.partition")
+    return Sql(f"{_PARTITIONS} WHERE p.queue IN ({sql.placeholders(1, count)}) ORDER BY p.queue, p.partition")
 
 
 @functools.cache
@@ -115,7 +115,7 @@ def _incoming_sql(count: int) -> Sql:
         f"""
         SELECT i.partition_id, count(*), min(b.created_at)
         FROM outbox_incoming i JOIN outbox_body b ON b.id = i.body_id
-        WHERE i.partition_id IN ({_params(count)})
+        WHERE i.partition_id IN ({sql.placeholders(1, count)})
         GROUP BY i.partition_id
         """
     )
@@ -130,7 +130,7 @@ def _head_sql(count: int) -> Sql:
         FROM outbox_outgoing o
         JOIN outbox_body b ON b.id = o.body_id
         JOIN outbox_processor r ON r.partition_id = o.partition_id AND o.seq = r.processed_seq + 1
-        WHERE o.partition_id IN ({_params(count)})
+        WHERE o.partition_id IN ({sql.placeholders(1, count)})
         """
     )
 
@@ -140,11 +140,7 @@ def _dead_sql(count: int) -> Sql:
     return Sql(
         f"""
         SELECT partition_id, count(*) FROM outbox_dead_letters
-        WHERE partition_id IN ({_params(count)}) AND status = 'pending'
+        WHERE partition_id IN ({sql.placeholders(1, count)}) AND status = 'pending'
         GROUP BY partition_id
         """
     )
-
-
-def _params(count: int) -> str:
-    return ", ".join(f"${index}" for index in range(1, count + 1))

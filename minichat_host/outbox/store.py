@@ -217,7 +217,8 @@ async def partitions_with_backlog(
 @functools.cache
 def _incoming_sql(count: int) -> Sql:
     return Sql(
-        f"SELECT DISTINCT partition_id FROM outbox_incoming WHERE partition_id IN ({_params(1, count)})"
+        "SELECT DISTINCT partition_id FROM outbox_incoming"
+        f" WHERE partition_id IN ({sql.placeholders(1, count)})"
     )
 
 
@@ -227,15 +228,11 @@ def _backlog_sql(count: int) -> Sql:
         f"""
         SELECT p.id, r.retry_at
         FROM outbox_partitions p JOIN outbox_processor r ON r.partition_id = p.id
-        WHERE p.id IN ({_params(2, count)})
+        WHERE p.id IN ({sql.placeholders(2, count)})
           AND p.sequence > r.processed_seq
           AND (r.locked_by IS NULL OR r.locked_until < $1)
         """
     )
-
-
-def _params(first: int, count: int) -> str:
-    return ", ".join(f"${index}" for index in range(first, first + count))
 
 
 _BATCH = Sql(
