@@ -8,6 +8,7 @@ timezone-aware UTC in Python whatever the engine; soft delete is `deleted_at`. O
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +39,10 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+        # SQLite: one function for the chain above plus SQLAlchemy's DATETIME formatting (same text).
+        return sqlite_utc_text if dialect.name == "sqlite" else super().bind_processor(dialect)
+
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
         if value is None:
             return None
@@ -48,6 +53,18 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             return naive
         result: dt.datetime = value.astimezone(dt.UTC)
         return result
+
+
+def sqlite_utc_text(value: dt.datetime | None) -> str | None:
+    """What `UtcDateTime` stores on SQLite for `value`: naive UTC text, `YYYY-MM-DD HH:MM:SS.ffffff` as
+    SQLAlchemy's DATETIME writes it, in half its time (a timestamp is bound in most writes of a turn)."""
+    if value is None:
+        return None
+    if value.tzinfo is not dt.UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UtcDateTime column")
+        value = value.astimezone(dt.UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _live(cond: str = "deleted_at IS NULL") -> dict[str, Any]:

@@ -69,6 +69,16 @@ class SseParser:
             if buffer.startswith(_BOM):
                 buffer = buffer[len(_BOM) :]
         events: list[SseEvent] = []
+        if b"\r" not in buffer:
+            # LF line ends only (what the model APIs send): split at once instead of a search per line; this
+            # is the path of chunks carrying several events (a busy loop reads them coalesced).
+            lines = buffer.split(b"\n")
+            self._buffer = lines.pop()
+            for line in lines:
+                event = self._line(line.decode("utf-8", errors="replace"))
+                if event is not None:
+                    events.append(event)
+            return events
         pos = 0
         size = len(buffer)
         while pos < size:

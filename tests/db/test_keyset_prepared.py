@@ -208,3 +208,28 @@ def test_sqlite_uuid_reader_matches_the_column_type(engine_name: str) -> None:
     for garbage in ["z" * 32, "0" * 31, ""]:
         with pytest.raises(ValueError):
             _sqlite_uuid(garbage)
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
+def test_sqlite_timestamp_writer_matches_sqlalchemys_chain(engine_name: str) -> None:
+    # UtcDateTime's own SQLite bind processor against the chain it replaces: process_bind_param, then
+    # SQLAlchemy's DATETIME formatting of the naive UTC value.
+    dialect = sqlite.dialect()
+    column_type = UtcDateTime()
+    fast = column_type.dialect_impl(dialect).bind_processor(dialect)
+    reference = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert fast is not None and reference is not None
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    values = [
+        dt.datetime(2026, 3, 1, 9, 0, 0, 250, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 1, 9, 0, 0, tzinfo=dt.UTC),  # no microseconds: still six digits
+        dt.datetime(2026, 3, 1, 1, 30, 0, 999999, tzinfo=plus_two),  # converted, across midnight
+        dt.datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC),
+        dt.datetime.now(dt.UTC),
+    ]
+    for value in values:
+        expected = reference(column_type.process_bind_param(value, dialect))
+        assert fast(value) == expected
+    assert fast(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        fast(dt.datetime(2026, 3, 1))

@@ -67,6 +67,26 @@ def test_split_at_every_byte(cut: int) -> None:
     assert events == EXPECTED
 
 
+# The same stream with LF line ends only (the form model APIs send), which is parsed without a line scan.
+LF_STREAM = STREAM.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def test_lf_stream_whole_and_split_at_every_byte() -> None:
+    assert parse([LF_STREAM])[0] == EXPECTED
+    for cut in range(1, len(LF_STREAM)):
+        assert parse([LF_STREAM[:cut], LF_STREAM[cut:]])[0] == EXPECTED, cut
+    assert parse([LF_STREAM[i : i + 1] for i in range(len(LF_STREAM))])[0] == EXPECTED
+
+
+def test_several_whole_events_in_one_chunk() -> None:
+    # What a busy loop reads when the model's events arrived between two of its polls.
+    event = b'data: {"choices":[{"delta":{"content":"tok "}}]}\n\n'
+    events, parser = parse([event, event * 5 + b"event: named\ndata: a\n\ndata: par", b"tial\n\n"])
+    assert [e.data for e in events[:6]] == ['{"choices":[{"delta":{"content":"tok "}}]}'] * 6
+    assert events[6:] == [SseEvent(event="named", data="a"), SseEvent(event="message", data="partial")]
+    assert not parser.has_partial_event
+
+
 def test_crlf_split_between_cr_and_lf_is_one_line_end() -> None:
     events, _ = parse([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"])
     assert events == [SseEvent(event="message", data="a\nb")]
