@@ -1,13 +1,15 @@
-"""CPU instructions per streamed turn, counted by callgrind: a measure that a noisy machine does not move.
+"""CPU instructions per streamed turn, counted by callgrind: a measure that a noisy machine barely moves.
 
 Wall-clock figures on this shared VM vary by a factor of 2 between runs and 3 between days; the number of
-instructions the server executes for the same work varies by ~0.2%. This script runs one minichat process
+instructions the server executes for the same work mostly stays within ±0.4% (about one run in eight came
+out 5% low: background work landing in or out of the window; repeat a pair before trusting a difference
+under ~5%). This script runs one minichat process
 (SQLite, the production-like settings of bench/common.py) under `valgrind --tool=callgrind` with
 instrumentation off, streams `--warmup` turns, switches counting on (`callgrind_control -i on`), streams
 `--turns` sequential turns of `--tokens` tokens against the fake provider, waits for their finalization and
 outbox delivery, and dumps the count. Everything the process runs in that window is counted (the event
-loop, the relay, turn starts, finalizations, the outbox, the plugins' threads); the kernel's share of
-system calls is not.
+loop, the relay, turn starts, finalizations, the outbox, the plugins' threads), and the event loop's
+thread is also reported alone (`--separate-threads=yes`); the kernel's share of system calls is not.
 
 The baseline is another checkout measured in the same run, e.g. the commit before a change:
 
@@ -29,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -62,8 +65,7 @@ async def count_instructions(
     checkout: Path, fake_url: str, log_dir: Path, *, warmup: int, turns: int
 ) -> dict[str, float]:
     """Instructions per turn of the server from `checkout` (callgrind), and its CPU seconds per turn."""
-    data_dir = log_dir / f"data-{checkout.name}-{os.getpid()}"
-    data_dir.mkdir()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"data-{checkout.name}-", dir=log_dir))
     port = free_port()
     config = minichat_config(data_dir, f"sqlite:///{data_dir}/minichat.db", fake_url, port)
     config_path = data_dir / "config.yaml"
@@ -73,6 +75,7 @@ async def count_instructions(
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
+        "--separate-threads=yes",
         f"--callgrind-out-file={out_file}",
         sys.executable,
         "-m",
@@ -113,13 +116,25 @@ async def count_instructions(
     finally:
         process.terminate()
         process.wait(120)
-    dumps = sorted(data_dir.glob("callgrind.out.*"), key=lambda path: int(path.name.rsplit(".", 1)[1]))
-    if not dumps:
-        raise RuntimeError(f"no callgrind dump in {data_dir}")
-    match = re.search(r"^totals:\s*(\d+)", dumps[0].read_text(encoding="utf-8", errors="replace"), re.M)
-    if match is None:
-        raise RuntimeError(f"no totals line in {dumps[0]}")
-    return {"instructions_per_turn": int(match.group(1)) / turns, "cpu_ms_per_turn": cpu * 1000 / turns}
+    every_thread, main_thread = _dumped_totals(data_dir)
+    return {
+        "instructions_per_turn": every_thread / turns,
+        "loop_instructions_per_turn": main_thread / turns,
+        "cpu_ms_per_turn": cpu * 1000 / turns,
+    }
+
+
+def _dumped_totals(data_dir: Path) -> tuple[int, int]:
+    """(all threads, the main thread) of the dump `callgrind_control --dump` wrote: one file per thread,
+    `callgrind.out.1-01` being the main thread's (the event loop's)."""
+    totals: dict[int, int] = {}
+    for path in data_dir.glob("callgrind.out.1-*"):
+        match = re.search(r"^totals:\s*(\d+)", path.read_text(encoding="utf-8", errors="replace"), re.M)
+        if match is not None:
+            totals[int(path.name.rsplit("-", 1)[1])] = int(match.group(1))
+    if 1 not in totals:
+        raise RuntimeError(f"no callgrind dump of the main thread in {data_dir}")
+    return sum(totals.values()), totals[1]
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes]) -> None:
@@ -171,20 +186,23 @@ async def main(args: argparse.Namespace) -> int:
         fake.stop()
     rows = []
     for name, result in results.items():
-        ratio = ""
+        ratio = loop_ratio = ""
         if name != "baseline" and "baseline" in results:
-            base = results["baseline"]["instructions_per_turn"]
-            ratio = f"x{result['instructions_per_turn'] / base:.4f}"
+            base = results["baseline"]
+            ratio = f"x{result['instructions_per_turn'] / base['instructions_per_turn']:.4f}"
+            loop_ratio = f"x{result['loop_instructions_per_turn'] / base['loop_instructions_per_turn']:.4f}"
         rows.append(
             [
                 name,
                 f"{result['instructions_per_turn'] / 1e6:.3f} M",
                 ratio,
+                f"{result['loop_instructions_per_turn'] / 1e6:.3f} M",
+                loop_ratio,
                 f"{result['cpu_ms_per_turn']:.0f} ms (under valgrind)",
             ]
         )
     print(f"== instructions per streamed turn ({args.tokens} tokens, {args.token_gap_ms} ms apart) ==")
-    print(table(["checkout", "instructions", "ratio", "server CPU"], rows))
+    print(table(["checkout", "all threads", "ratio", "event loop thread", "ratio", "server CPU"], rows))
     path = save_results("instructions", {"args": vars(args), "results": results})
     log(f"results: {path}")
     cleanup_dir(log_dir, args.keep)

@@ -254,16 +254,18 @@ _ACQUIRE_SET = """
     last_error = CASE WHEN locked_by IS NOT NULL THEN $5 || locked_by || ' expired before its ack'
                       ELSE last_error END
 """
-_ACQUIRE = Sql(
+# SQLite: the lease in one statement, taken only when the partition has something past the cursor (idle
+# polls never touch `attempts`); the batch is read after it.
+_ACQUIRE_IF_PENDING = Sql(
     f"""
     UPDATE outbox_processor SET {_ACQUIRE_SET}
-    WHERE partition_id = (SELECT partition_id FROM outbox_processor WHERE {_TAKEABLE} FOR UPDATE SKIP LOCKED)
+    WHERE {_TAKEABLE}
+      AND EXISTS (
+          SELECT 1 FROM outbox_outgoing pending
+          WHERE pending.partition_id = $1 AND pending.seq > outbox_processor.processed_seq
+      )
     RETURNING processed_seq, attempts, last_error
-    """,
-    f"""
-    UPDATE outbox_processor SET {_ACQUIRE_SET} WHERE {_TAKEABLE}
-    RETURNING processed_seq, attempts, last_error
-    """,
+    """
 )
 # PostgreSQL: the lease and its first batch in one statement (no BEGIN / COMMIT round trips). The lease is
 # taken only when the partition has something past the cursor, so idle polls never touch `attempts`; the
@@ -352,24 +354,24 @@ async def acquire_lease(
 ) -> Lease | None:
     """Take the partition's lease and read the next batch, or None (held elsewhere, backing off, or empty).
 
-    The lease is a conditional UPDATE: free, expired, or already ours, and past any retry backoff. With
-    nothing to deliver the transaction rolls back, so idle polls never touch `attempts`. PostgreSQL takes
-    the lease and reads the batch in one statement instead (`_ACQUIRE_WITH_BATCH`).
+    The lease is a conditional UPDATE: free, expired, or already ours, past any retry backoff, and only
+    with something past the cursor, so idle polls never touch `attempts`. PostgreSQL takes the lease and
+    reads the batch in one statement (`_ACQUIRE_WITH_BATCH`); SQLite reads the batch after the lease.
     """
     args = (partition_id, worker, sql.timestamp(dialect, lease_until), sql.timestamp(dialect, now))
     if dialect == "postgresql":
         return await _acquire_with_batch(db, partition_id, worker, args, batch)
-    transaction = await db.transaction()
-    try:
-        row = await sql.fetch_one(db, dialect, _ACQUIRE, *args, INTERRUPTED_PREFIX)
-        rows = [] if row is None else await _fetch_batch(db, dialect, partition_id, int(row[0]), batch)
-    except BaseException:
-        await transaction.rollback()
-        raise
-    if row is None or not rows:
-        await transaction.rollback()
+    # SQLite: the lease alone is one statement (taken only with something past the cursor, as on
+    # PostgreSQL), no BEGIN / COMMIT around it; the batch is read under the lease, where only appends
+    # past the cursor can happen (the scheduler's SQLite writes are serialised in this process).
+    row = await sql.fetch_one(db, dialect, _ACQUIRE_IF_PENDING, *args, INTERRUPTED_PREFIX)
+    if row is None:
         return None
-    await transaction.commit()
+    rows = await _fetch_batch(db, dialect, partition_id, int(row[0]), batch)
+    if not rows:
+        # Not expected (the lease was taken because a row was there): give it back.
+        await release_lease(db, dialect, partition_id, worker, uncount_attempt=True)
+        return None
     return Lease(int(row[0]), int(row[1]), str(row[2] or "").startswith(INTERRUPTED_PREFIX), rows)
 
 
@@ -432,21 +434,18 @@ async def guarded_ack(
         if guarded is None:
             raise LeaseLost(f"partition {partition_id}: lease no longer held by {worker}")
         return rows
+    if dialect == "sqlite" and not keep and not plan.dead_letters:
+        # The same ack as two statements without BEGIN / COMMIT: the guarded update is the one that
+        # matters; the vacuum counter only schedules clean-up (a bump lost to a crash in between delays
+        # it until the partition's next ack).
+        guarded = await sql.fetch_one(db, dialect, _ACK, *_ack_args(dialect, worker, partition_id, plan))
+        if guarded is None:
+            raise LeaseLost(f"partition {partition_id}: lease no longer held by {worker}")
+        if plan.new_seq > plan.expected_seq:
+            await sql.execute(db, dialect, _BUMP_VACUUM, partition_id)
+        return rows
     async with db.transaction():
-        guarded = await sql.fetch_one(
-            db,
-            dialect,
-            _ACK,
-            partition_id,
-            worker,
-            plan.expected_seq,
-            plan.new_seq,
-            plan.attempts,
-            plan.last_error,
-            None if plan.retry_at is None else sql.timestamp(dialect, plan.retry_at),
-            worker if keep else None,
-            None if plan.extend_until is None else sql.timestamp(dialect, plan.extend_until),
-        )
+        guarded = await sql.fetch_one(db, dialect, _ACK, *_ack_args(dialect, worker, partition_id, plan))
         if guarded is None:
             raise LeaseLost(f"partition {partition_id}: lease no longer held by {worker}")
         if plan.dead_letters:
@@ -458,6 +457,21 @@ async def guarded_ack(
             if not rows:
                 await sql.execute(db, dialect, _RELEASE_EMPTY, partition_id, worker)
     return rows
+
+
+def _ack_args(dialect: DialectName, worker: str, partition_id: int, plan: AckPlan) -> tuple[Any, ...]:
+    keep = plan.extend_until is not None
+    return (
+        partition_id,
+        worker,
+        plan.expected_seq,
+        plan.new_seq,
+        plan.attempts,
+        plan.last_error,
+        None if plan.retry_at is None else sql.timestamp(dialect, plan.retry_at),
+        worker if keep else None,
+        None if plan.extend_until is None else sql.timestamp(dialect, plan.extend_until),
+    )
 
 
 async def release_lease(
