@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -41,6 +42,10 @@ _encoder = msgspec.json.Encoder()
 # A frame goes straight to the socket when little is queued in user space; only a client that has stopped
 # reading (a backlog in the transport) makes a write wait for the drain, and that wait has the send timeout.
 _QUEUED_BYTES_WITHOUT_TIMEOUT: Final = 32 * 1024
+
+
+def _frame_bytes(frame: SseFrame) -> bytes:
+    return b"event: " + frame.event.encode("ascii") + b"\ndata: " + _encoder.encode(frame.data) + b"\n\n"
 
 
 class _SseResponse(EventSourceResponse):
@@ -81,10 +86,16 @@ class _SseResponse(EventSourceResponse):
 
     async def write_frame(self, frame: SseFrame) -> bool:
         """The domain's `FrameSink`: write one frame now; False when the client is gone."""
-        data = _encoder.encode(frame.data)
-        payload = b"event: " + frame.event.encode("ascii") + b"\ndata: " + data + b"\n\n"
+        return await self._write_payload(_frame_bytes(frame), last=frame.is_terminal)
+
+    async def write_frames(self, frames: Sequence[SseFrame]) -> bool:
+        """The domain's `FrameSink`: these frames in one write (one chunk of the chunked body, one send)."""
+        payload = b"".join([_frame_bytes(frame) for frame in frames])
+        return await self._write_payload(payload, last=frames[-1].is_terminal)
+
+    async def _write_payload(self, payload: bytes, *, last: bool) -> bool:
         try:
-            await self.send_raw(payload, last=frame.is_terminal)
+            await self.send_raw(payload, last=last)
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             # Reset, stalled past the send timeout, or a write after the transport closed.
             log.debug("SSE client gone: %s", type(exc).__name__)

@@ -13,7 +13,10 @@ the upstream request) and the finisher finalizes the turn as `cancelled`, keepin
 `relay(sink)` connects the run to the client's `FrameSink`: `stream_started`, the frames produced before
 the relay attached (the pump starts before the response is ready), then every frame is written by the task
 that produced it - the pump writes a delta in the same loop step that read it from the provider, with no
-queue and no second task to wake (bench/stream.py: per-chunk latency). The frames follow the grammar
+queue and no second task to wake (bench/stream.py: per-chunk latency). The deltas of the events one
+provider read carries (a busy loop reads several at once) go out in one write, just before the pump would
+wait for the next read: none waits for anything that had not arrived with it, and the socket takes one
+system call instead of one per frame. The frames follow the grammar
 `stream_started ping* (delta|tool)* citations? (done|error)` by construction: `ping` frames come from a timer
 only until the first delta/tool, and a run that ends without a terminal frame (a CAS loser, a finalizer
 that could not reach the database) ends with `error{stream_interrupted}`. A sink that reports the client
@@ -27,7 +30,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -62,6 +65,15 @@ class FrameSink(Protocol):
     async def write_frame(self, frame: events.SseFrame) -> bool:
         """Write one frame now; False when the client is gone (the run then detaches)."""
         ...
+
+    async def write_frames(self, frames: Sequence[events.SseFrame]) -> bool:
+        """Write these frames now, in order, in one write; False when the client is gone."""
+        ...
+
+
+# Deltas held for one write at most (a provider read carrying more flushes every this many): bounds how long
+# the first of them waits for the others to be parsed.
+HELD_FRAMES_MAX = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,7 @@ class TurnRun:
         "_finisher",
         "_first_sent",
         "_first_token_at",
+        "_held",
         "_limits",
         "_on_progress",
         "_on_tool_done",
@@ -158,6 +171,8 @@ class TurnRun:
         self._sink: FrameSink | None = None
         self._pending: list[events.SseFrame] = []
         self._direct = False
+        # The pump's frames from events that were ready without waiting, written together (see the module).
+        self._held: list[events.SseFrame] = []
         self._caught_up: asyncio.Future[None] | None = None
         self._relay_done: asyncio.Future[bool] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -221,6 +236,7 @@ class TurnRun:
             self._cancel_reason = reason
             self._pump_task.cancel()
         self._pending.clear()
+        self._held.clear()
         self._stop_pings()
         _resolve(self._caught_up, None)
         _resolve(self._relay_done, False)
@@ -234,13 +250,18 @@ class TurnRun:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._relay_done = done
         self._sink = sink
-        if self._detached or not await self._deliver(self._started):
+        # `stream_started` and what was produced before the relay attached (a short answer: all of it) in
+        # one write, then whatever the producer added meanwhile.
+        frames = [self._started, *self._pending]
+        self._pending.clear()
+        if self._detached or not await self._deliver_frames(frames):
             return False
         if not self._first_sent:
             self._arm_ping()
-        # Catch up on what was produced before the relay attached (the producer may still be adding).
         while self._pending and not self._detached and not self._terminal_sent:
-            if not await self._deliver(self._pending.pop(0)):
+            frames = self._pending[:]
+            self._pending.clear()
+            if not await self._deliver_frames(frames):
                 break
         if self._terminal_sent:
             return True
@@ -262,10 +283,35 @@ class TurnRun:
             self.detach()
             return False
         if frame.is_terminal:
-            self._terminal_sent = True
-            self._stop_pings()
-            _resolve(self._relay_done, True)
+            self._terminal_written()
         return True
+
+    async def _deliver_frames(self, frames: list[events.SseFrame]) -> bool:
+        """`_deliver` for several frames, in one write."""
+        if len(frames) == 1:
+            return await self._deliver(frames[0])
+        sink = self._sink
+        assert sink is not None
+        if self._detached or self._terminal_sent:
+            return False
+        if not await sink.write_frames(frames):
+            self.detach()
+            return False
+        if frames[-1].is_terminal:
+            self._terminal_written()
+        return True
+
+    def _terminal_written(self) -> None:
+        self._terminal_sent = True
+        self._stop_pings()
+        _resolve(self._relay_done, True)
+
+    async def _deliver_held(self) -> None:
+        """Write the frames the pump held back, in one write."""
+        held = self._held
+        if held:
+            self._held = []
+            await self._deliver_frames(held)
 
     async def _interrupted(self) -> None:
         await self._deliver(events.error("stream_interrupted", "The stream ended before the turn finished."))
@@ -298,13 +344,24 @@ class TurnRun:
             self._ping_task = None  # a finished task kept for the whole stream costs memory
 
     # --- internals ------------------------------------------------------------------------------
-    async def _emit(self, frame: events.SseFrame) -> None:
-        """Send `frame` to the client now, or keep it until the relay has caught up."""
+    async def _emit(self, frame: events.SseFrame, *, hold: bool = False) -> None:
+        """Send `frame` to the client now, or keep it until the relay has caught up.
+
+        `hold` (the pump's deltas): once the relay writes directly, the frame waits until the pump is about
+        to wait for the provider (`_pump`) and goes out in one write with the others of the same read.
+        """
         if self._detached or self._terminal_sent:
             return
         if frame.event in ("delta", "tool"):
             self._first_sent = True
         if self._direct:
+            if hold:
+                self._held.append(frame)
+                if len(self._held) >= HELD_FRAMES_MAX:
+                    await self._deliver_held()
+                return
+            if self._held:
+                await self._deliver_held()
             await self._deliver(frame)
             return
         self._pending.append(frame)
@@ -325,20 +382,51 @@ class TurnRun:
         assert request is not None, "a run pumps once"
         stream = self._provider.stream(request, tenant_id=self._tenant_id)
         del request
+        provider_events = stream.__aiter__()
         try:
-            async for event in stream:
+            while True:
+                # The provider's next event, its `__anext__` stepped by hand to tell an event that is ready
+                # at once (the same read's) from one that is not: before waiting for the latter, the held
+                # frames are written. Each time it suspends on a future, this coroutine awaits that future
+                # in its place and then resumes it (with what the wait raised, if anything: a cancellation
+                # reaches the provider where it waits). Inline: this runs once per token.
+                step = provider_events.__anext__().__await__()
+                thrown: BaseException | None = None
+                try:
+                    while True:
+                        try:
+                            waiting_on = step.send(None) if thrown is None else step.throw(thrown)
+                        except StopIteration as ready:
+                            event = ready.value
+                            break
+                        thrown = None
+                        try:
+                            if self._held:
+                                await self._deliver_held()
+                            if waiting_on is None:
+                                await asyncio.sleep(0)  # a bare yield: the provider gives the loop a turn
+                            else:
+                                # What a task does with the future a coroutine yields (the flag means "an
+                                # await, not a bare yield"); the provider's own await of it then resumes.
+                                waiting_on._asyncio_future_blocking = False
+                                await waiting_on
+                        except BaseException as exc:
+                            thrown = exc
+                except StopAsyncIteration:
+                    break
                 if isinstance(event, TextDelta):
                     if not event.text:
                         continue
                     if self._first_token_at is None:
                         self._first_token_at = time.monotonic()
                     self._text.append(event.text)
-                    await self._emit(events.delta(event.text))
+                    await self._emit(events.delta(event.text), hold=True)
                     if self._detached:
                         # The write found the client gone: detach() cancelled this task, which takes
                         # effect at its next suspension; stop reading the provider now.
                         raise asyncio.CancelledError
                 elif isinstance(event, ToolEvent):
+                    await self._deliver_held()
                     await self._on_tool(event)
                 elif isinstance(event, Citations):
                     self._citations.extend(event.items)
@@ -347,12 +435,17 @@ class TurnRun:
                     break
                 if time.monotonic() - last_progress >= progress_every:
                     last_progress = time.monotonic()
+                    await self._deliver_held()
                     await self._on_progress()
         finally:
-            # Closing the generator aborts the upstream request (tool limit, cancellation, early end).
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                # Before the terminal frame (the finisher's): the deltas of the provider's last read.
+                await self._deliver_held()
+            finally:
+                # Closing the generator aborts the upstream request (tool limit, cancellation, early end).
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         if completed is None:
             raise ProviderError("provider_error", "The provider stream ended without completing.")
         return self._outcome("completed", usage=completed.usage, response_id=completed.response_id)

@@ -9,38 +9,56 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from minichat_host.domain import events
 from minichat_host.domain.finalize import FinalizeResult, TurnOutcome
-from minichat_host.domain.streaming import StreamLimits, TurnRun
+from minichat_host.domain.streaming import HELD_FRAMES_MAX, StreamLimits, TurnRun
 from minichat_host.plugins.types import Usage
 from minichat_host.providers.base import Completed, ProviderRequest, StreamEvent, TextDelta
 
 
 class ScriptedProvider:
-    """Yields the scripted events, waiting on `gate` (when given) before each one."""
+    """Yields the scripted events, waiting on `gate` (when given) before each one; `suspend_each`: with a
+    real suspension before each (as if every event were its own provider read)."""
 
-    def __init__(self, script: list[StreamEvent], gate: asyncio.Event | None = None) -> None:
+    def __init__(
+        self, script: list[StreamEvent], gate: asyncio.Event | None = None, *, suspend_each: bool = False
+    ) -> None:
         self._script = script
         self._gate = gate
+        self._suspend_each = suspend_each
+        self.closed = False
 
     async def stream(self, request: ProviderRequest, *, tenant_id: str) -> AsyncIterator[StreamEvent]:
-        for event in self._script:
-            if self._gate is not None:
-                await self._gate.wait()
-            yield event
+        try:
+            for event in self._script:
+                if self._gate is not None:
+                    await self._gate.wait()
+                if self._suspend_each:
+                    await asyncio.sleep(0)
+                yield event
+        finally:
+            self.closed = True
 
 
 class ListSink:
+    """Records the frames, and each write's frames (`writes`); `fail_after` frames it reports the client
+    gone (a write is whole or not at all, as on a socket)."""
+
     def __init__(self, fail_after: int | None = None) -> None:
         self.frames: list[events.SseFrame] = []
+        self.writes: list[list[str]] = []
         self._fail_after = fail_after
 
     async def write_frame(self, frame: events.SseFrame) -> bool:
+        return await self.write_frames([frame])
+
+    async def write_frames(self, frames: Sequence[events.SseFrame]) -> bool:
         if self._fail_after is not None and len(self.frames) >= self._fail_after:
             return False
-        self.frames.append(frame)
+        self.frames.extend(frames)
+        self.writes.append([frame.event for frame in frames])
         return True
 
     @property
@@ -111,6 +129,7 @@ async def test_a_run_finished_before_the_relay_attaches_is_relayed_whole() -> No
     sink = ListSink()
     assert await run.relay(sink) is True
     assert sink.names == ["stream_started", "delta", "delta", "delta", "done"]
+    assert len(sink.writes) == 1  # a short answer done before the relay attached goes out in one write
     assert outcomes[0].state == "completed" and outcomes[0].text == "w0 w1 w2 "
 
 
@@ -161,7 +180,7 @@ async def test_a_sink_reporting_the_client_gone_cancels_the_run() -> None:
     gate = asyncio.Event()
     gate.set()
     script: list[StreamEvent] = [TextDelta(text="x")] * 1000
-    run, outcomes = _run(ScriptedProvider(script, gate))
+    run, outcomes = _run(ScriptedProvider(script, gate, suspend_each=True))
     finished = run.start()
     sink = ListSink(fail_after=3)
     assert await run.relay(sink) is False
@@ -198,3 +217,103 @@ async def test_detach_returns_the_relay_at_once() -> None:
     await finished
     assert sink.names == ["stream_started"]
     assert outcomes[0].state == "cancelled"
+
+
+async def test_deltas_ready_together_go_out_in_one_write() -> None:
+    gate = asyncio.Event()
+    words = HELD_FRAMES_MAX * 2 + 3
+    run, outcomes = _run(ScriptedProvider(_script(words), gate))
+    finished = run.start()
+    sink = ListSink()
+    relay = asyncio.create_task(run.relay(sink))
+    await asyncio.sleep(0.01)
+    gate.set()  # every event is ready at once, like a read carrying all of them
+    assert await relay is True
+    await finished
+    assert sink.writes == [
+        ["stream_started"],
+        ["delta"] * HELD_FRAMES_MAX,
+        ["delta"] * HELD_FRAMES_MAX,
+        ["delta"] * 3,
+        ["done"],
+    ]
+    assert outcomes[0].text == "".join(f"w{i} " for i in range(words))
+
+
+async def test_a_delta_is_written_before_the_pump_waits_for_the_provider() -> None:
+    released = asyncio.Event()
+
+    class OneThenWait:
+        async def stream(self, request: ProviderRequest, *, tenant_id: str) -> AsyncIterator[StreamEvent]:
+            yield TextDelta(text="a")
+            yield TextDelta(text="b")
+            await released.wait()
+            yield TextDelta(text="c")
+            yield Completed(usage=Usage(input_tokens=1, output_tokens=3))
+
+    run, _ = _run(ScriptedProvider([]))
+    run._provider = OneThenWait()  # type: ignore[assignment]
+    sink = ListSink()
+    relay = asyncio.create_task(run.relay(sink))
+    await asyncio.sleep(0)
+    finished = run.start()
+    await asyncio.sleep(0.01)
+    # "a" and "b" came together and went out together while the provider is still waiting.
+    assert sink.writes == [["stream_started"], ["delta", "delta"]]
+    released.set()
+    assert await relay is True
+    await finished
+    assert sink.writes == [["stream_started"], ["delta", "delta"], ["delta"], ["done"]]
+
+
+async def test_events_apart_are_written_apart() -> None:
+    gate = asyncio.Event()
+    run, _ = _run(ScriptedProvider(_script(3), gate, suspend_each=True))
+    finished = run.start()
+    sink = ListSink()
+    relay = asyncio.create_task(run.relay(sink))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await relay is True
+    await finished
+    assert sink.writes == [["stream_started"], ["delta"], ["delta"], ["delta"], ["done"]]
+
+
+async def test_a_client_gone_while_held_deltas_are_written_cancels_the_provider_where_it_waits() -> None:
+    writing = asyncio.Event()
+    never = asyncio.Event()
+
+    class StallingSink(ListSink):
+        async def write_frames(self, frames: Sequence[events.SseFrame]) -> bool:
+            if frames[0].event == "delta":
+                writing.set()
+                await never.wait()  # a client that stopped reading
+            return await super().write_frames(frames)
+
+    released = asyncio.Event()
+
+    class TwoThenWait:
+        closed = False
+
+        async def stream(self, request: ProviderRequest, *, tenant_id: str) -> AsyncIterator[StreamEvent]:
+            try:
+                yield TextDelta(text="a")
+                yield TextDelta(text="b")
+                await released.wait()
+                yield TextDelta(text="c")
+            finally:
+                TwoThenWait.closed = True
+
+    run, outcomes = _run(ScriptedProvider([]))
+    run._provider = TwoThenWait()  # type: ignore[assignment]
+    sink = StallingSink()
+    relay = asyncio.create_task(run.relay(sink))
+    await asyncio.sleep(0)
+    finished = run.start()
+    await asyncio.wait_for(writing.wait(), 1)
+    run.detach()
+    assert await relay is False
+    await asyncio.wait_for(finished, 1)
+    assert TwoThenWait.closed
+    assert outcomes[0].state == "cancelled" and outcomes[0].text == "ab"
+    assert sink.names == ["stream_started"]
