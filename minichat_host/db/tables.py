@@ -218,6 +218,8 @@ attachments = sa.Table(
     ),
     sa.UniqueConstraint("id", "chat_id", name="uq_attachments_id_chat"),
     sa.Index("ix_attachments_tenant_chat", "tenant_id", "chat_id", **_live()),
+    # Reads by chat alone (the turn's documents, upload limits, clean-up): see migration 0004.
+    sa.Index("ix_attachments_chat_created", "chat_id", "created_at", "id"),
     sa.Index("ix_attachments_cleanup", "cleanup_status", **_live("cleanup_status IS NOT NULL")),
 )
 
@@ -271,6 +273,7 @@ chat_vector_stores = sa.Table(
     sa.Column("file_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", TS, nullable=False),
     sa.UniqueConstraint("tenant_id", "chat_id", name="uq_chat_vector_stores_tenant_chat"),
+    sa.Index("ix_chat_vector_stores_chat", "chat_id"),
 )
 
 quota_usage = sa.Table(

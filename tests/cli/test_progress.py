@@ -67,8 +67,10 @@ def test_migrate_without_a_terminal_prints_step_lines_only(
         "outgoing, processor (cursor + lease), dead letters, vacuum.",
         "minichat: Running upgrade 0002_outbox -> 0003_chat_message_count, Chat message count: "
         "`chats.message_count`, kept by triggers on `messages`.",
+        "minichat: Running upgrade 0003_chat_message_count -> 0004_chat_scoped_indexes, Chat-scoped indexes: "
+        "`attachments (chat_id, created_at, id)` and `chat_vector_stores (chat_id)`.",
     ]
-    assert out.endswith("-> 0003_chat_message_count (head)\n")
+    assert out.endswith("-> 0004_chat_scoped_indexes (head)\n")
 
 
 def test_replay_and_discard_show_a_bar_over_the_dead_letters_on_a_terminal(
