@@ -350,17 +350,6 @@ def _discard(future: asyncio.Future[Any]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _FirstLook:
-    """What a send reads before its transaction (see `TurnService._first_look`)."""
-
-    chat: chats_repo.ChatRecord | None
-    same_request: turns.TurnRow | None
-    running: turns.TurnRow | None
-    documents: list[turns.AttachmentRow]
-    vector_store_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Prepared:
     """A running turn with its preflight, ready to be streamed."""
 
@@ -423,18 +412,19 @@ class TurnService:
         who = _Who(tenant_id, user_id, trace_id)
         check_content(body.content)
         request_id = body.request_id or uuid.uuid4()
-        looked = await self._first_look(who, chat_id, request_id)
-        if looked.chat is None:
+        looked = await turns.first_look(self._db, tenant_id, user_id, chat_id, request_id)
+        if looked is None:
             raise ChatNotFound(f"Chat not found: {chat_id}")
         chat = looked.chat
         policy = await self._load_policy(who)
         if find_enabled(policy.snapshot, chat.model) is None:
             raise ChatModelUnavailable(f"The chat's model {chat.model!r} is not available")
-        if looked.same_request is not None:
-            return await self._replay_or_conflict(chat, looked.same_request)
-        if looked.running is not None:
+        if looked.request_used and (replay := await self._idempotency(chat, request_id)) is not None:
+            return replay
+        if looked.turn_running:
             raise TurnAlreadyRunning("A turn is already running in this chat")
-        inputs = await self._gather_inputs(chat, body, looked.documents, looked.vector_store_id)
+        documents = await turns.ready_documents(self._db, chat.id) if looked.has_ready_documents else []
+        inputs = await self._gather_inputs(chat, body, documents, looked.vector_store_id)
         try:
             prepared = await self._reserve_and_insert(
                 who, chat, request_id, policy, inputs, body.attachment_ids
@@ -445,27 +435,6 @@ class TurnService:
                 return replay
             raise TurnAlreadyRunning("A turn is already running in this chat") from None
         return await self._launch(prepared)
-
-    async def _first_look(self, who: _Who, chat_id: uuid.UUID, request_id: uuid.UUID) -> _FirstLook:
-        """The reads a send starts with, all keyed by the chat id of the URL.
-
-        On PostgreSQL they go out at once, each on a pooled connection of its own: one round trip of waiting
-        instead of five before the turn's transaction. Nothing read is used unless the chat turns out to be
-        the caller's. On SQLite they run one after another: statements run on the loop's thread there, so a
-        fan-out would only add tasks.
-        """
-        reads: tuple[Coroutine[Any, Any, Any], ...] = (
-            chats_repo.get_live(self._db, who.tenant_id, who.user_id, chat_id),
-            turns.find_by_request(self._db, chat_id, request_id),
-            turns.find_running(self._db, chat_id),
-            turns.ready_documents(self._db, chat_id),
-            turns.vector_store_id(self._db, who.tenant_id, chat_id),
-        )
-        if self._fan_out_reads:
-            chat, same_request, running, documents, store = await asyncio.gather(*reads)
-        else:
-            chat, same_request, running, documents, store = [await read for read in reads]
-        return _FirstLook(chat, same_request, running, documents, store)
 
     async def _require_chat(self, who: _Who, chat_id: uuid.UUID) -> chats_repo.ChatRecord:
         chat = await chats_repo.get_live(self._db, who.tenant_id, who.user_id, chat_id)

@@ -304,7 +304,10 @@ async def test_sigkill_in_the_middle_of_the_finalizing_transaction(
 
             async def finalizer_waits() -> bool:
                 # A row-lock wait on our transaction: the finalizer, which holds the user's advisory lock
-                # and has updated the turn row in its own (uncommitted) transaction.
+                # and has updated the turn row in its own (uncommitted) transaction. The list of backends
+                # is a snapshot taken once per transaction: cleared, so that a connection the host opened
+                # since the first look shows.
+                await blocker.execute("SELECT pg_stat_clear_snapshot()")
                 waiting = await blocker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND pid <> pg_backend_pid() AND wait_event = 'transactionid'"

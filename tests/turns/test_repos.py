@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from minichat_host.db.repos import quota_ledger, turns
-from minichat_host.db.tables import chat_turns, chats, messages, quota_usage
+from minichat_host.db.tables import attachments, chat_turns, chat_vector_stores, chats, messages, quota_usage
 from minichat_host.domain.models import BucketDelta, Period
 
 TENANT = uuid.uuid4()
@@ -160,6 +160,79 @@ async def test_second_running_turn_and_reused_request_id_conflict(database: data
     with pytest.raises(turns.TurnConflict):
         async with database.transaction():
             await _turn(database, chat_id, request_id)
+
+
+async def _attachment(db: databases.Database, chat_id: uuid.UUID, **columns: object) -> uuid.UUID:
+    attachment_id = uuid.uuid4()
+    values: dict[str, object] = {
+        "id": attachment_id,
+        "tenant_id": TENANT,
+        "chat_id": chat_id,
+        "uploaded_by_user_id": USER,
+        "filename": "notes.txt",
+        "content_type": "text/plain",
+        "size_bytes": 10,
+        "status": "ready",
+        "attachment_kind": "document",
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    await db.execute(attachments.insert().values({**values, **columns}))
+    return attachment_id
+
+
+async def test_first_look_reads_the_chat_and_its_flags_in_one_statement(database: databases.Database) -> None:
+    chat_id, request_id = await _chat(database), uuid.uuid4()
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None
+    assert (looked.chat.id, looked.chat.tenant_id, looked.chat.user_id) == (chat_id, TENANT, USER)
+    assert looked == turns.FirstLook(looked.chat, False, False, False, None)
+    # Another owner's chat, another tenant's, an unknown one and a deleted one are not found.
+    for tenant_id, user_id, wanted in (
+        (TENANT, uuid.uuid4(), chat_id),
+        (uuid.uuid4(), USER, chat_id),
+        (TENANT, USER, uuid.uuid4()),
+    ):
+        assert await turns.first_look(database, tenant_id, user_id, wanted, request_id) is None
+
+    # Documents that are pending, deleted or images are not ready documents.
+    await _attachment(database, chat_id, status="pending")
+    await _attachment(database, chat_id, deleted_at=NOW)
+    await _attachment(database, chat_id, attachment_kind="image", content_type="image/png")
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None and not looked.has_ready_documents
+    await _attachment(database, chat_id)
+    await database.execute(
+        chat_vector_stores.insert().values(
+            id=uuid.uuid4(),
+            tenant_id=TENANT,
+            chat_id=chat_id,
+            vector_store_id="vs_1",
+            provider="openai",
+            created_at=NOW,
+        )
+    )
+    turn_id = await _turn(database, chat_id, request_id)
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None
+    assert looked == turns.FirstLook(looked.chat, True, True, True, "vs_1")
+    # Another request id is unused; a finished turn no longer runs, and its request id stays used.
+    looked = await turns.first_look(database, TENANT, USER, chat_id, uuid.uuid4())
+    assert looked is not None and (looked.request_used, looked.turn_running) == (False, True)
+    finished = await turns.cas_finish(
+        database,
+        turn_id,
+        state="completed",
+        error_code=None,
+        error_detail=None,
+        provider_response_id=None,
+        now=NOW,
+    )
+    assert finished
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None and (looked.request_used, looked.turn_running) == (True, False)
+    await database.execute(chats.update().where(chats.c.id == chat_id).values(deleted_at=NOW))
+    assert await turns.first_look(database, TENANT, USER, chat_id, request_id) is None
 
 
 PREFLIGHT = turns.Preflight(

@@ -78,13 +78,13 @@ def _owned_live(tenant_id: uuid.UUID, user_id: uuid.UUID) -> sa.ColumnElement[bo
 
 
 # The same scope with named bind parameters, for the prepared statements (db/prepared.py).
-_OWNED_LIVE: Final = sa.and_(
+OWNED_LIVE: Final = sa.and_(
     chats.c.tenant_id == sa.bindparam("tenant_id"),
     chats.c.user_id == sa.bindparam("user_id"),
     chats.c.deleted_at.is_(None),
 )
 # What the prepared reads select: the owner's columns are known from the scope, and every UUID read costs.
-_OWNED_CHAT_COLUMNS: Final = (
+OWNED_CHAT_COLUMNS: Final = (
     uuid_read(chats.c.id),
     chats.c.model,
     chats.c.title,
@@ -92,24 +92,24 @@ _OWNED_CHAT_COLUMNS: Final = (
     utc_read(chats.c.created_at),
     utc_read(chats.c.updated_at),
 )
-_GET_LIVE_QUERY: Final = sa.select(*_OWNED_CHAT_COLUMNS).where(
-    chats.c.id == sa.bindparam("chat_id"), _OWNED_LIVE
+_GET_LIVE_QUERY: Final = sa.select(*OWNED_CHAT_COLUMNS).where(
+    chats.c.id == sa.bindparam("chat_id"), OWNED_LIVE
 )
 _GET_LIVE: Final = {
     False: Prepared(_GET_LIVE_QUERY, "live chat"),
     True: Prepared(_GET_LIVE_QUERY.with_for_update(), "live chat for update"),
 }
 _GET_LIVE_COUNTED: Final = Prepared(
-    sa.select(*_OWNED_CHAT_COLUMNS, _MESSAGE_COUNT).where(chats.c.id == sa.bindparam("chat_id"), _OWNED_LIVE),
+    sa.select(*OWNED_CHAT_COLUMNS, _MESSAGE_COUNT).where(chats.c.id == sa.bindparam("chat_id"), OWNED_LIVE),
     "live chat with message count",
 )
 _LISTING: Final = KeysetListing(
-    "chats", columns=(*_OWNED_CHAT_COLUMNS, _MESSAGE_COUNT), table=chats, scope=_OWNED_LIVE
+    "chats", columns=(*OWNED_CHAT_COLUMNS, _MESSAGE_COUNT), table=chats, scope=OWNED_LIVE
 )
 
 
-def _owned_chat(tenant_id: uuid.UUID, user_id: uuid.UUID, values: Sequence[Any]) -> ChatRecord:
-    """A chat of this owner from the values of _OWNED_CHAT_COLUMNS, in order (a prepared statement's
+def owned_chat(tenant_id: uuid.UUID, user_id: uuid.UUID, values: Sequence[Any]) -> ChatRecord:
+    """A chat of this owner from the values of OWNED_CHAT_COLUMNS, in order (a prepared statement's
     `row.values()`; the statement's scope made its tenant and user these)."""
     id_, model, title, is_temporary, created_at, updated_at = values[:6]
     return ChatRecord(
@@ -125,9 +125,9 @@ def _owned_chat(tenant_id: uuid.UUID, user_id: uuid.UUID, values: Sequence[Any])
 
 
 def _owned_counted(tenant_id: uuid.UUID, user_id: uuid.UUID, row: Any) -> CountedChat:
-    """A chat and its count from a row of _OWNED_CHAT_COLUMNS + _MESSAGE_COUNT."""
+    """A chat and its count from a row of OWNED_CHAT_COLUMNS + _MESSAGE_COUNT."""
     values = row.values()
-    return CountedChat(chat=_owned_chat(tenant_id, user_id, values), message_count=values[6])
+    return CountedChat(chat=owned_chat(tenant_id, user_id, values), message_count=values[6])
 
 
 def _record(row: Any) -> ChatRecord:
@@ -164,7 +164,7 @@ async def get_live(
     """The owner's live chat, or None. `for_update` locks the row (PostgreSQL; SQLite locks by BEGIN
     IMMEDIATE) until the caller's transaction ends."""
     row = await _GET_LIVE[for_update].fetch_one(conn, chat_id=chat_id, tenant_id=tenant_id, user_id=user_id)
-    return None if row is None else _owned_chat(tenant_id, user_id, row.values())
+    return None if row is None else owned_chat(tenant_id, user_id, row.values())
 
 
 async def get_live_counted(

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from minichat_host.db.prepared import Prepared
+from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos.common import as_utc, as_uuid, row_record
 from minichat_host.db.repos.reads import fast_read
 from minichat_host.db.tables import (
@@ -890,6 +891,15 @@ async def link_attachments(
         )
 
 
+def _ready_document(*where: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        *where,
+        attachments.c.deleted_at.is_(None),
+        attachments.c.status == "ready",
+        attachments.c.attachment_kind == "document",
+    )
+
+
 async def ready_documents(db: databases.Database, chat_id: uuid.UUID) -> list[AttachmentRow]:
     """The chat's live, ready document attachments (file search / code interpreter inputs)."""
     records = await _READY_DOCUMENTS.fetch_all(db, chat_id=chat_id)
@@ -898,12 +908,7 @@ async def ready_documents(db: databases.Database, chat_id: uuid.UUID) -> list[At
 
 _READY_DOCUMENTS = Prepared(
     sa.select(*_ATTACHMENT_COLUMNS)
-    .where(
-        attachments.c.chat_id == sa.bindparam("chat_id"),
-        attachments.c.deleted_at.is_(None),
-        attachments.c.status == "ready",
-        attachments.c.attachment_kind == "document",
-    )
+    .where(_ready_document(attachments.c.chat_id == sa.bindparam("chat_id")))
     .order_by(attachments.c.created_at, attachments.c.id),
     "ready documents",
 )
@@ -919,3 +924,72 @@ _VECTOR_STORE_ID = Prepared(
 async def vector_store_id(db: databases.Database, tenant_id: uuid.UUID, chat_id: uuid.UUID) -> str | None:
     value = await _VECTOR_STORE_ID.fetch_val(db, tenant_id=tenant_id, chat_id=chat_id)
     return str(value) if value else None
+
+
+# --- a send's first look --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FirstLook:
+    """What a send reads before its transaction, in one statement (see `first_look`)."""
+
+    chat: chats_repo.ChatRecord
+    # Flags only: what they stand for is read on its own when set (rarely: a replay, a chat with documents).
+    request_used: bool
+    turn_running: bool
+    has_ready_documents: bool
+    vector_store_id: str | None
+
+
+_FIRST_LOOK = Prepared(
+    sa.select(
+        *chats_repo.OWNED_CHAT_COLUMNS,
+        sa.exists()
+        .where(
+            chat_turns.c.chat_id == sa.bindparam("chat_id"),
+            chat_turns.c.request_id == sa.bindparam("request_id"),
+        )
+        .label("request_used"),
+        sa.exists()
+        .where(
+            chat_turns.c.chat_id == sa.bindparam("chat_id"), _IS_RUNNING, chat_turns.c.deleted_at.is_(None)
+        )
+        .label("turn_running"),
+        sa.exists()
+        .where(_ready_document(attachments.c.chat_id == sa.bindparam("chat_id")))
+        .label("documents"),
+        sa.select(chat_vector_stores.c.vector_store_id)
+        .where(
+            chat_vector_stores.c.tenant_id == sa.bindparam("tenant_id"),
+            chat_vector_stores.c.chat_id == sa.bindparam("chat_id"),
+        )
+        .scalar_subquery()
+        .label("vector_store_id"),
+    ).where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
+    "first look",
+)
+
+
+async def first_look(
+    db: databases.Database,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    request_id: uuid.UUID,
+) -> FirstLook | None:
+    """The owner's live chat (None: not found) with what a send checks before its transaction: whether
+    `request_id` has a turn in it (soft-deleted ones included), whether a live turn runs, whether it has
+    ready documents, and its vector store. One statement, so one snapshot (and one round trip on
+    PostgreSQL) instead of five reads."""
+    row = await _FIRST_LOOK.fetch_one(
+        db, chat_id=chat_id, tenant_id=tenant_id, user_id=user_id, request_id=request_id
+    )
+    if row is None:
+        return None
+    values = row.values()
+    store = values[9]
+    return FirstLook(
+        chat=chats_repo.owned_chat(tenant_id, user_id, values),
+        request_used=bool(values[6]),
+        turn_running=bool(values[7]),
+        has_ready_documents=bool(values[8]),
+        vector_store_id=str(store) if store else None,
+    )
