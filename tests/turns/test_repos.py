@@ -119,6 +119,57 @@ async def test_release_never_goes_below_zero(database: databases.Database) -> No
     assert rows[(period.period_type, period.period_start, "total")].reserved_credits_micro == 0
 
 
+async def test_settlement_of_several_rows_equals_row_by_row(database: databases.Database) -> None:
+    # Signed deltas for several rows: the existing rows change in one statement (the reserve clamped at
+    # zero), the missing ones (a ledger repaired by hand) are upserted; one at a time they take the
+    # row-by-row path. Another user's and another tenant's rows are left alone.
+    keys = [(p, b) for p in PERIODS for b in ("total", "premium")]
+    reserve = [BucketDelta(p.period_type, p.period_start, b, reserved_delta=100) for p, b in keys]
+    settle = [
+        BucketDelta(
+            p.period_type,
+            p.period_start,
+            b,
+            reserved_delta=-150 + 40 * n,  # -150 and -110 clamp at zero; -70 and -30 leave a reserve
+            spent_delta=60 + n,
+            calls_delta=1,
+            input_tokens_delta=10 * n,
+            output_tokens_delta=5,
+            web_search_calls_delta=n,
+            code_interpreter_calls_delta=1,
+        )
+        for n, (p, b) in enumerate(keys)
+    ]
+    one_by_one, bystander, elsewhere = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for user_id in (USER, one_by_one, bystander):
+        await quota_ledger.apply_deltas(database, TENANT, user_id, reserve[:3], now=NOW)  # one row missing
+    await quota_ledger.apply_deltas(database, elsewhere, USER, reserve, now=NOW)
+    later = NOW + dt.timedelta(minutes=1)
+    await quota_ledger.apply_deltas(database, TENANT, USER, settle, now=later)
+    for delta in settle:
+        await quota_ledger.apply_deltas(database, TENANT, one_by_one, [delta], now=later)
+    kept = [c for c in quota_usage.c if c.name not in ("id", "tenant_id", "user_id")]
+
+    async def rows_of(tenant_id: uuid.UUID, user_id: uuid.UUID) -> list[tuple[object, ...]]:
+        query = sa.select(*kept).where(quota_usage.c.tenant_id == tenant_id, quota_usage.c.user_id == user_id)
+        return sorted(tuple(row) for row in await database.fetch_all(query.order_by(*kept[:3])))
+
+    settled = await rows_of(TENANT, USER)
+    assert len(settled) == 4 and settled == await rows_of(TENANT, one_by_one)
+    usage = await quota_ledger.load_usage(database, TENANT, USER, PERIODS)
+    assert {key: row.reserved_credits_micro for key, row in usage.items()} == {
+        ("daily", dt.date(2026, 3, 5), "total"): 0,
+        ("daily", dt.date(2026, 3, 5), "premium"): 0,
+        ("monthly", dt.date(2026, 3, 1), "total"): 30,
+        ("monthly", dt.date(2026, 3, 1), "premium"): 0,  # missing before: inserted, its release clamped
+    }
+    assert sorted(row.spent_credits_micro for row in usage.values()) == [60, 61, 62, 63]
+    for user_id, tenant_id in ((bystander, TENANT), (USER, elsewhere)):
+        untouched = await quota_ledger.load_usage(database, tenant_id, user_id, PERIODS)
+        assert {row.spent_credits_micro for row in untouched.values()} == {0}
+        assert {row.reserved_credits_micro for row in untouched.values()} == {100}
+
+
 async def test_turn_round_trip_and_cas(database: databases.Database) -> None:
     chat_id = await _chat(database)
     request_id = uuid.uuid4()

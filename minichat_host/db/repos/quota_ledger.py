@@ -169,6 +169,16 @@ async def apply_deltas(
             rows.update(_row_values(tenant_id, user_id, delta, now, suffix=f"_{index}"))
         await _MULTI_UPSERTS[db.url.dialect, len(ordered)].execute(db, **rows)
         return
+    if 1 < len(ordered) <= _MAX_ROWS_PER_UPSERT:
+        # Some deltas are negative (a settlement releases its reserve): the rows that exist (all of them
+        # but in a ledger repaired by hand, since the reserve created them) are updated in one statement,
+        # and only the missing ones are upserted below.
+        keyed: dict[str, Any] = {"tenant_id": tenant_id, "user_id": user_id}
+        for index, delta in enumerate(ordered):
+            keyed.update(_update_values(delta, now, suffix=f"_{index}"))
+        updated = await _MULTI_UPDATES[db.url.dialect, len(ordered)].fetch_all(db, **keyed)
+        found = {(row[0], _as_date(row[1]), row[2]) for row in updated}
+        ordered = [delta for delta in ordered if delta.key not in found]
     upsert = _UPSERTS[db.url.dialect]
     for delta in ordered:
         values: dict[str, Any] = {
@@ -201,6 +211,18 @@ def _row_values(
     }
     for field, column in _DELTA_COLUMNS:
         values[f"{column}{suffix}"] = int(getattr(delta, field))
+    return values
+
+
+def _update_values(delta: BucketDelta, now: dt.datetime, *, suffix: str) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        f"period_type{suffix}": delta.period_type,
+        f"period_start{suffix}": delta.period_start,
+        f"bucket{suffix}": delta.bucket,
+        f"updated_at{suffix}": now,
+    }
+    for field, column in _DELTA_COLUMNS:
+        values[f"add_{column}{suffix}"] = int(getattr(delta, field))
     return values
 
 
@@ -266,8 +288,51 @@ def _multi_upsert(dialect: str, count: int) -> Prepared:
     )
 
 
+def _multi_update(dialect: str, count: int) -> Prepared:
+    """Add `count` rows' deltas (signed) to the user's existing rows in one statement, the reserve clamped
+    at zero as in `_upsert`; returns the keys of the rows it changed. The deltas are a derived table of
+    one-row SELECTs (SQLite names no VALUES columns); the join is on the rows' unique key."""
+    names = ["period_type", "period_start", "bucket", "updated_at"]
+
+    def bound(name: str, index: int) -> sa.Label[Any]:
+        type_ = sa.BigInteger() if name.startswith("add_") else quota_usage.c[name].type
+        value: sa.ColumnElement[Any] = sa.bindparam(f"{name}_{index}", type_=type_)
+        if dialect == "postgresql":
+            # A parameter in a SELECT list has no type to infer on PostgreSQL (text); SQLite needs none
+            # (and its CAST AS DATE would make the date a number).
+            value = sa.cast(value, type_)
+        return value.label(name)
+
+    names += [f"add_{column}" for _, column in _DELTA_COLUMNS]
+    rows = sa.union_all(*(sa.select(*(bound(name, i) for name in names)) for i in range(count))).subquery("d")
+    updates: dict[str, Any] = {"updated_at": rows.c.updated_at}
+    for _, column in _DELTA_COLUMNS:
+        added = quota_usage.c[column] + rows.c[f"add_{column}"]
+        updates[column] = (
+            sa.case((added < 0, 0), else_=added) if column == "reserved_credits_micro" else added
+        )
+    statement = (
+        quota_usage.update()
+        .where(
+            quota_usage.c.tenant_id == sa.bindparam("tenant_id"),
+            quota_usage.c.user_id == sa.bindparam("user_id"),
+            quota_usage.c.period_type == rows.c.period_type,
+            quota_usage.c.period_start == rows.c.period_start,
+            quota_usage.c.bucket == rows.c.bucket,
+        )
+        .values(updates)
+        .returning(quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket)
+    )
+    return Prepared(statement, f"usage update of {count} rows ({dialect})")
+
+
 # A turn's reserve writes one row per period (day, month) and bucket: a few rows at most.
 _MAX_ROWS_PER_UPSERT: Final = 8
+_MULTI_UPDATES: Final = {
+    (dialect, count): _multi_update(dialect, count)
+    for dialect in ("sqlite", "postgresql")
+    for count in range(2, _MAX_ROWS_PER_UPSERT + 1)
+}
 _MULTI_UPSERTS: Final = {
     (dialect, count): _multi_upsert(dialect, count)
     for dialect in ("sqlite", "postgresql")
