@@ -8,41 +8,22 @@ with attachments, replays one, reads its turns and messages and is deleted; each
 
 from __future__ import annotations
 
-import re
-import sqlite3
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from query_plans import table_scans, trace_statements
 
-from minichat_host.db import sqlite_inline
 from minichat_host.db.engine import sqlite_path
-from minichat_host.db.tables import metadata
 from turns.conftest import PREFIX, Harness, seed_attachment
-
-_LITERALS = re.compile(r"'(?:[^']|'')*'|x'[0-9a-f]*'|\b\d+(?:\.\d+)?\b")
-_TABLE_SCAN = re.compile(r"^SCAN (?!CONSTANT ROW)([A-Za-z_]\w*)")
 
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 async def test_a_chats_statements_all_use_an_index(
     make_harness: Callable[..., Any], migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    traced: dict[str, str] = {}
-
-    def trace(statement: str) -> None:
-        if not statement.startswith("--"):
-            traced.setdefault(_LITERALS.sub("?", statement), statement)
-
-    opened = sqlite_inline.InlineConnection.open.__func__  # type: ignore[attr-defined]
-
-    def open_traced(cls: type[sqlite_inline.InlineConnection], database: str, **options: Any) -> Any:
-        connection = opened(cls, database, **options)
-        connection.raw.set_trace_callback(trace)
-        return connection
-
-    monkeypatch.setattr(sqlite_inline.InlineConnection, "open", classmethod(open_traced))
+    traced = trace_statements(monkeypatch)
     harness: Harness = await make_harness()
     chat_id = await harness.create_chat("local-premium")
     await seed_attachment(harness.db, chat_id)
@@ -62,18 +43,5 @@ async def test_a_chats_statements_all_use_an_index(
     assert (await harness.client.delete(f"{PREFIX}/chats/{chat_id}")).status == 204
     await harness.outbox.run_once()
 
-    planner = sqlite3.connect(sqlite_path(migrated_db_url))
-    try:
-        scans = {}
-        for statement in traced.values():
-            if not re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", statement, re.IGNORECASE):
-                continue
-            plan = [row[3] for row in planner.execute(f"EXPLAIN QUERY PLAN {statement}")]
-            # A derived table (say, the rows of a multi-row update) is scanned: it is the statement's own.
-            found = [step for step in plan if (m := _TABLE_SCAN.match(step)) and m[1] in metadata.tables]
-            if found:
-                scans[" ".join(statement.split())[:200]] = found
-    finally:
-        planner.close()
     assert len(traced) > 30, "the trace saw too few statements to mean anything"
-    assert scans == {}
+    assert table_scans(sqlite_path(migrated_db_url), traced) == {}
