@@ -909,14 +909,14 @@ class TurnService:
         self, tenant_id: uuid.UUID, user_id: uuid.UUID, chat_id: uuid.UUID, request_id: uuid.UUID
     ) -> TurnStatus:
         """The turn's state (soft-deleted turns included); 404 chat / turn, 403 another requester's turn."""
-        chat = await self._require_chat(_Who(tenant_id, user_id, None), chat_id)
-        turn = await turns.find_by_request(self._db, chat.id, request_id)
+        turn = await turns.owned_turn_status(self._db, tenant_id, user_id, chat_id, request_id)
         if turn is None:
+            await self._require_chat(_Who(tenant_id, user_id, None), chat_id)
             raise TurnNotFound(f"Turn not found: {request_id}")
         if turn.requester_user_id != user_id:
             raise TurnForbidden("The turn belongs to another requester")
         return TurnStatus(
-            request_id=turn.request_id,
+            request_id=request_id,
             state=_API_STATE[turn.state],
             error_code=turn.error_code if turn.state == "failed" else None,
             assistant_message_id=turn.assistant_message_id,

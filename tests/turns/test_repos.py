@@ -286,6 +286,47 @@ async def test_first_look_reads_the_chat_and_its_flags_in_one_statement(database
     assert await turns.first_look(database, TENANT, USER, chat_id, request_id) is None
 
 
+async def test_owned_turn_status_reads_the_turn_with_the_owner_check(database: databases.Database) -> None:
+    chat_id, request_id = await _chat(database), uuid.uuid4()
+    assert await turns.owned_turn_status(database, TENANT, USER, chat_id, request_id) is None
+    turn_id = await _turn(database, chat_id, request_id)
+    row = await turns.find_by_request(database, chat_id, request_id)
+    assert row is not None
+    status = await turns.owned_turn_status(database, TENANT, USER, chat_id, request_id)
+    assert status == turns.OwnedTurnStatus(
+        requester_user_id=row.requester_user_id,
+        state="running",
+        error_code=None,
+        assistant_message_id=None,
+        updated_at=row.updated_at,
+    )
+    assert status is not None and status.updated_at.tzinfo is dt.UTC
+    # Another owner, another tenant, another chat of the owner: nothing.
+    other_chat = await _chat(database)
+    for tenant_id, user_id, wanted in (
+        (TENANT, uuid.uuid4(), chat_id),
+        (uuid.uuid4(), USER, chat_id),
+        (TENANT, USER, other_chat),
+    ):
+        assert await turns.owned_turn_status(database, tenant_id, user_id, wanted, request_id) is None
+    finished = await turns.cas_finish(
+        database,
+        turn_id,
+        state="failed",
+        error_code="provider_error",
+        error_detail="boom",
+        provider_response_id=None,
+        now=NOW,
+    )
+    assert finished
+    # A soft-deleted turn is still answered; a deleted chat is not.
+    await database.execute(chat_turns.update().where(chat_turns.c.id == turn_id).values(deleted_at=NOW))
+    status = await turns.owned_turn_status(database, TENANT, USER, chat_id, request_id)
+    assert status is not None and (status.state, status.error_code) == ("failed", "provider_error")
+    await database.execute(chats.update().where(chats.c.id == chat_id).values(deleted_at=NOW))
+    assert await turns.owned_turn_status(database, TENANT, USER, chat_id, request_id) is None
+
+
 PREFLIGHT = turns.Preflight(
     reserve_tokens=900,
     max_output_tokens_applied=512,

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos.common import as_utc, as_uuid, row_record
-from minichat_host.db.repos.reads import fast_read
+from minichat_host.db.repos.reads import fast_read, fast_utc, fast_uuid
 from minichat_host.db.tables import (
     UtcDateTime,
     attachments,
@@ -259,6 +259,59 @@ async def find_by_request(
     """The turn of (chat_id, request_id), soft-deleted ones included (a request_id is never reused)."""
     record = await _TURN_BY_REQUEST.fetch_one(db, chat_id=chat_id, request_id=request_id)
     return TurnRow.from_record(record) if record is not None else None
+
+
+@row_record
+class OwnedTurnStatus:
+    """What `GET …/turns/{request_id}` answers with, read together with the owner check."""
+
+    requester_user_id: uuid.UUID | None
+    state: TurnState
+    error_code: str | None
+    assistant_message_id: uuid.UUID | None
+    updated_at: dt.datetime
+
+
+_OWNED_TURN_STATUS = Prepared(
+    sa.select(
+        fast_read(chat_turns.c.requester_user_id),
+        chat_turns.c.state,
+        chat_turns.c.error_code,
+        fast_read(chat_turns.c.assistant_message_id),
+        fast_read(chat_turns.c.updated_at),
+    ).where(
+        chat_turns.c.chat_id == sa.bindparam("chat_id"),
+        chat_turns.c.request_id == sa.bindparam("request_id"),
+        # Uncorrelated: evaluated once, on the chats primary key.
+        sa.exists().where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
+    ),
+    "owned turn status",
+)
+
+
+async def owned_turn_status(
+    db: databases.Database,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    chat_id: uuid.UUID,
+    request_id: uuid.UUID,
+) -> OwnedTurnStatus | None:
+    """The status columns of (chat_id, request_id), soft-deleted turns included, when the chat is the
+    owner's live chat; None otherwise (the caller tells a missing chat from a missing turn). One statement
+    instead of the chat read and the 31-column turn read."""
+    row = await _OWNED_TURN_STATUS.fetch_one(
+        db, chat_id=chat_id, request_id=request_id, tenant_id=tenant_id, user_id=user_id
+    )
+    if row is None:
+        return None
+    requester, state, error_code, assistant_message_id, updated_at = row.values()
+    return OwnedTurnStatus(
+        requester_user_id=None if requester is None else fast_uuid(requester),
+        state=state,
+        error_code=error_code,
+        assistant_message_id=None if assistant_message_id is None else fast_uuid(assistant_message_id),
+        updated_at=fast_utc(updated_at),
+    )
 
 
 async def find_running(db: databases.Database, chat_id: uuid.UUID) -> TurnRow | None:
