@@ -459,6 +459,54 @@ async def test_timeout_raises_plugin_timeout(start_host: HostFactory, kind: str)
     assert "'slow'" in str(info.value)
 
 
+async def test_async_hooks_that_wait_finish_time_out_and_are_cancelled_like_any_coroutine(
+    start_host: HostFactory,
+) -> None:
+    # An async hook's first step runs in place (no timer when it answers at once); one that waits goes on
+    # under the timeout, and what the caller's task throws in reaches it.
+    seen: list[str] = []
+    gate = asyncio.Event()
+
+    class Waiting(Audit):
+        @hookimpl
+        async def minichat_emit_turn_audit(self, event: Any) -> str:
+            seen.append("first step")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
+            return f"done {event['n']}"
+
+        @hookimpl
+        async def minichat_emit_turn_delete_audit(self, event: Any) -> None:
+            try:
+                seen.append("waiting")
+                await gate.wait()
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            finally:
+                seen.append("cleaned up")
+
+        @hookimpl
+        async def minichat_emit_turn_edit_audit(self, event: Any) -> None:
+            raise TimeoutError("the plugin's own timeout")
+
+    host = await start_host(acme_audit_config(), plugins=[("policy", Policy()), ("w", Waiting())])
+    assert await host.call("audit", "emit_turn_audit", event={"n": 1}) == "done 1"
+    with pytest.raises(PluginTimeout):
+        await host.call("audit", "emit_turn_delete_audit", event={}, timeout=0.02)
+    assert seen[-3:] == ["waiting", "cancelled", "cleaned up"]
+    call = asyncio.create_task(host.call("audit", "emit_turn_delete_audit", event={}, timeout=5))
+    await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert seen[-3:] == ["waiting", "cancelled", "cleaned up"]
+    # A TimeoutError the plugin raises itself is its error, not the host's timeout.
+    with pytest.raises(TimeoutError, match="own timeout") as info:
+        await host.call("audit", "emit_turn_edit_audit", event={})
+    assert not isinstance(info.value, PluginTimeout)
+
+
 async def test_default_timeout_comes_from_config(start_host: HostFactory) -> None:
     class Slow(Audit):
         @hookimpl
