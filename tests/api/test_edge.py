@@ -73,6 +73,17 @@ async def test_a_missing_identity_is_a_401_problem_with_the_trace_id(aiohttp_cli
     assert body["trace_id"] == resp.headers["X-Request-Id"]
 
 
+async def test_generated_request_ids_differ_from_request_to_request(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(make_app())
+    ids = [(await client.get("/healthz")).headers["X-Request-Id"] for _ in range(50)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+    # An unusable incoming id (too long, not printable) is replaced by a generated one.
+    for bad in ("x" * 129, "a\tb"):
+        resp = await client.get("/healthz", headers={"X-Request-Id": bad})
+        assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-Id"])
+
+
 async def test_paths_outside_the_prefix_need_no_identity(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(make_app())
     resp = await client.get("/healthz")
