@@ -24,7 +24,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import Dialect
 
-from minichat_host.db.repos.common import as_utc, as_uuid
+from minichat_host.db.repos.common import as_utc, as_uuid, uuid_from_int
 from minichat_host.db.tables import UtcDateTime
 
 _fromisoformat: Final = dt.datetime.fromisoformat
@@ -51,11 +51,6 @@ def _sqlite_utc(value: Any) -> Any:
     return None if value is None else as_utc(value)
 
 
-_new_object: Final = object.__new__
-_set_slot: Final = object.__setattr__
-_SAFE_UNKNOWN: Final = uuid.SafeUUID.unknown
-
-
 def _sqlite_uuid(value: Any) -> Any:
     if type(value) is str and len(value) == 32 and value.isalnum():
         try:
@@ -63,11 +58,7 @@ def _sqlite_uuid(value: Any) -> Any:
         except ValueError:
             pass  # not hex: as_uuid decides (and raises for garbage)
         else:
-            # What UUID(hex=...) builds, minus its parsing: the two slots it sets.
-            made = _new_object(uuid.UUID)
-            _set_slot(made, "int", number)
-            _set_slot(made, "is_safe", _SAFE_UNKNOWN)
-            return made
+            return uuid_from_int(number)  # what UUID(hex=...) builds, minus its parsing
     return None if value is None else as_uuid(value)
 
 
