@@ -810,13 +810,20 @@ class _MinichatDatabase(databases.Database):
         "postgresql": f"{__name__}:MinichatPostgresBackend",
     }
 
-    # As databases.Database, with the transaction above on both ways in (database and connection).
+    # As databases.Database, with the transaction above on both ways in (database and connection), and
+    # one lookup of the task's connection where databases' property makes two (each a weak reference built
+    # for the map): the repositories and the outbox ask for it around every statement.
     def connection(self) -> Connection:
         if self._global_connection is not None:
             return self._global_connection
-        if not self._connection:
-            self._connection = _ReleasingConnection(self, self._backend)
-        return self._connection
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("No currently active asyncio.Task found")
+        connection_map = self._connection_map
+        connection = connection_map.get(task)
+        if connection is None:
+            connection = connection_map[task] = _ReleasingConnection(self, self._backend)
+        return connection
 
     def transaction(self, *, force_rollback: bool = False, **kwargs: Any) -> _ReleasingTransaction:
         return _ReleasingTransaction(self.connection, force_rollback, **kwargs)

@@ -129,8 +129,11 @@ _FIND_PARTITION = Sql(
     WHERE queue = $1 AND partition = $2 % NULLIF((SELECT count(*) FROM outbox_partitions WHERE queue = $1), 0)
     """
 )
+# SQLite only (PostgreSQL enqueues with the one statement above): the incoming row points at the body the
+# statement before inserted on the same connection, so the two run back to back without a trip through
+# Python for the body's id.
 _INSERT_BODY = Sql("INSERT INTO outbox_body (payload, payload_type, created_at) VALUES ($1, $2, $3)")
-_INSERT_INCOMING = Sql("INSERT INTO outbox_incoming (partition_id, body_id) VALUES ($1, $2)")
+_INSERT_INCOMING = Sql("INSERT INTO outbox_incoming (partition_id, body_id) VALUES ($1, last_insert_rowid())")
 
 
 async def enqueue(
@@ -176,8 +179,12 @@ async def enqueue(
         else:
             row = await sql.fetch_one(database, dialect, _FIND_PARTITION, queue, hash64)
         if row is not None:
-            body_id = await sql.execute(database, dialect, _INSERT_BODY, data, payload_type, created_at)
-            await sql.execute(database, dialect, _INSERT_INCOMING, row[0], body_id)
+            await sql.execute_each(
+                database,
+                dialect,
+                (_INSERT_BODY, (data, payload_type, created_at)),
+                (_INSERT_INCOMING, (row[0],)),
+            )
     if row is None:
         raise QueueNotRegistered(f"queue {queue!r} has no partitions in the database (not registered)")
     return Enqueued(queue=queue, partition=int(row[1]), partition_id=int(row[0]))

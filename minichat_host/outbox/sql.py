@@ -90,3 +90,18 @@ async def execute(db: databases.Database, dialect: DialectName, sql: Sql, *args:
         async with raw.execute(sql.sqlite, _numbered(args)) as cursor:
             lastrowid: int | None = cursor.lastrowid
             return lastrowid
+
+
+async def execute_each(
+    db: databases.Database, dialect: DialectName, *statements: tuple[Sql, Sequence[Any]]
+) -> None:
+    """Statements in order on one checkout of the task's connection, results dropped (a task's connection
+    taken and given back once, where `execute` takes it around every statement)."""
+    async with db.connection() as connection:
+        raw = connection.raw_connection
+        for sql, args in statements:
+            if dialect == "postgresql":
+                await raw.execute(sql.postgresql, *args)
+            else:
+                async with raw.execute(sql.sqlite, _numbered(args)):
+                    pass

@@ -182,8 +182,12 @@ async def sequence_partition(
             return len(await sql.fetch(db, dialect, _SEQUENCE_POSTGRESQL, partition_id, batch, sequenced_at))
         moved = len(await sql.fetch(db, dialect, _SEQUENCE_SQLITE_INSERT, partition_id, batch, sequenced_at))
         if moved:
-            await sql.execute(db, dialect, _SEQUENCE_SQLITE_DELETE, partition_id, batch)
-            await sql.execute(db, dialect, _SEQUENCE_SQLITE_BUMP, partition_id, moved)
+            await sql.execute_each(
+                db,
+                dialect,
+                (_SEQUENCE_SQLITE_DELETE, (partition_id, batch)),
+                (_SEQUENCE_SQLITE_BUMP, (partition_id, moved)),
+            )
         return moved
 
 
