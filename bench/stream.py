@@ -10,7 +10,10 @@ aiohttp on uvloop) then reads, one target after another:
 - litellm:             one LiteLLM proxy worker (`litellm[proxy]` from PyPI, installed into
                        bench/.venv-litellm on first use) relaying the same fake as an OpenAI-compatible model.
 Each target runs the levels `seq` (one request at a time, idle in between) and closed loops at concurrency
-1/10/100/500 (fresh chat per minichat request). Per request: time to the first token, total time (for
+1/10/100/500 (fresh chat per minichat request). Per request: time to the first token, also split at the
+provider's send stamp on it (part 1, until the provider sent it: for a relay its own start and the provider's
+delay, which a provider sharing the machine's cores stretches; part 2, from there to the client: the relay's
+latency for the first chunk), total time (for
 minichat: until the server closed the stream after `done`, i.e. after the finalization committed), and
 per chunk `arrival - send stamp` (latency) and `|arrival gap - send gap|` (gap distortion). Then a
 saturation phase: short streams (`--sat-tokens`, no delays) from `--sat-concurrency` closed-loop clients
@@ -78,11 +81,17 @@ REQUEST_TIMEOUT_SECONDS = 300.0
 # --- one streamed request -----------------------------------------------------------------------------
 
 
+PER_REQUEST_METRICS = frozenset({"ttft_ms", "first_sent_ms", "first_relay_ms", "total_ms"})
+
+
 @dataclass
 class Sample:
     ok: bool
     error: str = ""
     ttft_ms: float = math.nan
+    # The time to first token in two parts, split at the provider's send stamp on the first token.
+    first_sent_ms: float = math.nan
+    first_relay_ms: float = math.nan
     total_ms: float = math.nan
     tokens: int = 0
     chunk_ms: list[float] = field(default_factory=list)
@@ -100,6 +109,7 @@ class Call:
 async def read_stream(session: aiohttp.ClientSession, call: Call, expect_tokens: int) -> Sample:
     started = time.monotonic_ns()
     first: int | None = None
+    first_stamp = 0
     previous: tuple[int, int] | None = None  # (arrival, stamp) of the previous token
     chunk_ms: list[float] = []
     gap_ms: list[float] = []
@@ -124,7 +134,7 @@ async def read_stream(session: aiohttp.ClientSession, call: Call, expect_tokens:
                     stamp = int(match.group(1))
                     end = match.end()
                     if first is None:
-                        first = arrival
+                        first, first_stamp = arrival, stamp
                     chunk_ms.append((arrival - stamp) / 1e6)
                     if previous is not None:
                         gap_ms.append(abs((arrival - previous[0]) - (stamp - previous[1])) / 1e6)
@@ -136,6 +146,8 @@ async def read_stream(session: aiohttp.ClientSession, call: Call, expect_tokens:
     sample = Sample(
         ok=True,
         ttft_ms=(first - started) / 1e6 if first is not None else math.nan,
+        first_sent_ms=(first_stamp - started) / 1e6 if first is not None else math.nan,
+        first_relay_ms=(first - first_stamp) / 1e6 if first is not None else math.nan,
         total_ms=(finished - started) / 1e6,
         tokens=len(chunk_ms),
         chunk_ms=chunk_ms,
@@ -232,7 +244,7 @@ class LevelResult:
         return len(self.samples) - len(self.ok)
 
     def dist(self, metric: str) -> Dist:
-        if metric in ("ttft_ms", "total_ms"):
+        if metric in PER_REQUEST_METRICS:
             return Dist.of([getattr(s, metric) for s in self.ok])
         return Dist.of([value for s in self.ok for value in getattr(s, metric)])
 
@@ -422,6 +434,8 @@ async def target_pair(
 
 METRICS = (
     ("ttft_ms", "time to first token (ms)"),
+    ("first_sent_ms", "time to first token, part 1: until the provider sent it (ms)"),
+    ("first_relay_ms", "time to first token, part 2: from the provider's send to the client (ms)"),
     ("total_ms", "total time (ms)"),
     ("chunk_ms", "per-chunk latency: arrival - provider send (ms)"),
     ("gap_ms", "inter-token gap distortion |arrival gap - send gap| (ms)"),
