@@ -180,6 +180,33 @@ async def test_known_partitions_route_as_the_database_lookup_does(
     assert [row[0] for row in rows] == [entry.partition_id for entry in known + looked_up]
 
 
+async def test_each_incoming_row_points_at_its_own_body(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    """Several enqueues in one transaction, through both ways in: every incoming row joins the body that
+    carries its payload (on SQLite the incoming row takes the id of the body inserted just before it)."""
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
+    await outbox.ensure_queues()
+    sent: list[tuple[int, bytes]] = []
+    async with outbox.transaction() as tx:
+        for n in range(6):
+            payload = f"tx-{n}".encode()
+            entry = await tx.enqueue(QUEUE, f"key-{n}", payload, payload_type="application/octet-stream")
+            sent.append((entry.partition_id, payload))
+        entry = await enqueue(
+            database, QUEUE, "key-low", b"low-level", payload_type="application/octet-stream"
+        )
+        sent.append((entry.partition_id, b"low-level"))
+    rows = await database.fetch_all(
+        sa.select(outbox_incoming.c.partition_id, outbox_body.c.payload)
+        .select_from(outbox_incoming.join(outbox_body, outbox_incoming.c.body_id == outbox_body.c.id))
+        .order_by(outbox_incoming.c.id)
+    )
+    assert [(row[0], bytes(row[1])) for row in rows] == sent
+    assert await count_rows(database, outbox_body) == len(sent)
+
+
 async def test_nested_transactions_wake_after_the_outer_commit(make_outbox: OutboxFactory) -> None:
     recorder = Recorder()
     outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
