@@ -10,11 +10,11 @@ aiohttp on uvloop) then reads, one target after another:
 - litellm:             one LiteLLM proxy worker (`litellm[proxy]` from PyPI, installed into
                        bench/.venv-litellm on first use) relaying the same fake as an OpenAI-compatible model.
 Each target runs the levels `seq` (one request at a time, idle in between) and closed loops at concurrency
-1/10/100/500 (fresh chat per minichat request). Per request: time to the first token, also split at the
-provider's send stamp on it (part 1, until the provider sent it: for a relay its own start and the provider's
-delay, which a provider sharing the machine's cores stretches; part 2, from there to the client: the relay's
-latency for the first chunk), total time (for
-minichat: until the server closed the stream after `done`, i.e. after the finalization committed), and
+1/10/100/500 (fresh chat per minichat request), after one untimed warm-up round of ten. Per request: time
+to the first token, also split at the provider's send stamp on it (part 1, until the provider sent it: for
+a relay its own start and the provider's delay, which a provider sharing the machine's cores stretches;
+part 2, from there to the client: the relay's latency for the first chunk), total time (for minichat:
+until the server closed the stream after `done`, i.e. after the finalization committed), and
 per chunk `arrival - send stamp` (latency) and `|arrival gap - send gap|` (gap distortion). Then a
 saturation phase: short streams (`--sat-tokens`, no delays) from `--sat-concurrency` closed-loop clients
 for `--sat-seconds` → requests/s. Every figure is printed next to the baseline as `value (+added, xratio)`.
@@ -75,6 +75,10 @@ from common import (  # bench/common.py, next to this file
 ALL_TARGETS = ("baseline", "minichat-sqlite", "minichat-postgresql", "litellm")
 SEQ_PAUSE_SECONDS = 0.05
 RAMP_SECONDS_PER_CLIENT = 0.002  # closed-loop clients start spread out (a connect storm is not the topic)
+# Every target streams one untimed round first (ten concurrent requests), so that no level pays for a
+# cold server (statements compiled on first use, pools filling, the first connections): without it the
+# first level measured, whichever it is, carried the first turns' ~15 ms steps in its tail.
+WARMUP_CLIENTS = 10
 REQUEST_TIMEOUT_SECONDS = 300.0
 
 
@@ -334,6 +338,8 @@ async def measure_target(
     args: argparse.Namespace,
     result: TargetResult,
 ) -> None:
+    log(f"  {name}: warm-up, {WARMUP_CLIENTS} concurrent requests (not measured)")
+    await run_level(target, str(WARMUP_CLIENTS), WARMUP_CLIENTS, args.tokens)
     for level in args.levels:
         requests = level_requests(args, level)
         log(f"  {name}: level {level}, {requests} requests")
