@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import databases
@@ -23,7 +24,7 @@ from minichat_host.api.services import CHAT_SERVICES_KEY, build_chat_services
 from minichat_host.api.turns import TURN_SERVICE_KEY
 from minichat_host.auth import Authenticator
 from minichat_host.config import Config
-from minichat_host.db.engine import connect_database, dialect_name
+from minichat_host.db.engine import connect_database, dialect_name, prime_statements
 from minichat_host.db.migrate import aupgrade
 from minichat_host.domain.attachments import AttachmentService, make_local_search, make_local_sheet_reader
 from minichat_host.domain.cleanup import chat_deletion_hook, register_cleanup_queues
@@ -58,6 +59,9 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         sqlite_busy_timeout_ms=config.database.sqlite_busy_timeout_ms,
     )
     app[DATABASE_KEY] = database
+    started = time.perf_counter()
+    compiled = prime_statements(database)
+    log.debug("compiled %d prepared statements in %.1f ms", compiled, (time.perf_counter() - started) * 1000)
     try:
         yield
     finally:
@@ -131,6 +135,8 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
         local_sheet_reader=make_local_sheet_reader(config.data_dir()),
         local_token_delay_seconds=config.streaming.local_token_delay_seconds,
     )
+    # Built now, not on a first turn: an adapter's import and set-up would hold up the first requests.
+    registry.build_all()
     app[PROVIDERS_KEY] = registry
     try:
         yield

@@ -54,7 +54,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import ClauseElement
 
 from minichat_host.db.compiled import CachedStatement, StatementCache
-from minichat_host.db.prepared import CompiledForm, Mode, Prepared, bind_args
+from minichat_host.db.prepared import CompiledForm, Mode, Prepared, bind_args, prime
 from minichat_host.db.sqlite_inline import AUTOCHECKPOINT_SAFETY_PAGES, InlineConnection, WalCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -873,6 +873,13 @@ async def connect_database(
     )
     await database.connect()
     return database
+
+
+def prime_statements(database: databases.Database) -> int:
+    """Compile the prepared statements built so far for this database's dialect (db/prepared.py `prime`),
+    so that a fresh process's first requests do not compile them; the number compiled."""
+    backend: Any = database._backend
+    return prime(backend._dialect)
 
 
 async def _reset_session(connection: asyncpg.Connection) -> None:

@@ -367,6 +367,11 @@ class ProviderRegistry:
             self._built[provider_id] = provider
         return provider
 
+    def build_all(self) -> None:
+        """Build every configured provider now (`get` builds on first use otherwise)."""
+        for provider_id in self._configs:
+            self.get(provider_id)
+
     async def aclose(self) -> None:
         self._closed = True
         built, self._built = list(self._built.values()), {}

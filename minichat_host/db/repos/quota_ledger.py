@@ -115,6 +115,10 @@ def _usage_statement(period_count: int, for_update: bool) -> Prepared:
     return Prepared(query, f"usage of {period_count} periods (for update: {for_update})")
 
 
+# A day and a month, the periods of every turn and quota status: built now, so start-up compiles them.
+_DAY_AND_MONTH: Final = [_usage_statement(2, for_update) for for_update in (False, True)]
+
+
 def user_lock_statement(db: databases.Database, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
     """PostgreSQL: the statement that takes the user's quota lock for the rest of its transaction, literal
     SQL to open the transaction with (`transaction(first_statement=...)` sends it in BEGIN's round trip);
@@ -261,6 +265,7 @@ def _upsert(dialect: str) -> Prepared:
     return Prepared(
         statement.on_conflict_do_update(index_elements=list(_KEY_COLUMNS), set_=updates),
         f"usage upsert ({dialect})",
+        dialect=dialect,
     )
 
 
@@ -285,6 +290,7 @@ def _multi_upsert(dialect: str, count: int) -> Prepared:
     return Prepared(
         statement.on_conflict_do_update(index_elements=list(_KEY_COLUMNS), set_=updates),
         f"usage upsert of {count} rows ({dialect})",
+        dialect=dialect,
     )
 
 
@@ -323,7 +329,7 @@ def _multi_update(dialect: str, count: int) -> Prepared:
         .values(updates)
         .returning(quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket)
     )
-    return Prepared(statement, f"usage update of {count} rows ({dialect})")
+    return Prepared(statement, f"usage update of {count} rows ({dialect})", dialect=dialect)
 
 
 # A turn's reserve writes one row per period (day, month) and bucket: a few rows at most.

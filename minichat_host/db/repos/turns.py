@@ -191,7 +191,23 @@ async def insert_turn(
     await _insert_or_conflict(_INSERT_TURN.execute(db, **values))
 
 
-_INSERT_TURN = Prepared(chat_turns.insert(), "insert turn")
+# The columns a turn start sets besides its preflight's (the SQLite insert's, and the PostgreSQL CTE's).
+_TURN_START_COLUMNS: Final = (
+    "id",
+    "tenant_id",
+    "chat_id",
+    "request_id",
+    "requester_type",
+    "requester_user_id",
+    "state",
+    "web_search_enabled",
+    "started_at",
+    "last_progress_at",
+    "updated_at",
+)
+_INSERT_TURN = Prepared(
+    chat_turns.insert(), "insert turn", warm_columns=[(*_TURN_START_COLUMNS, *Preflight.__slots__)]
+)
 
 
 async def _insert_or_conflict(insert: Awaitable[None]) -> None:
@@ -352,12 +368,15 @@ async def cas_finish(
     return row is not None
 
 
+_FINISH_COLUMNS: Final = ("b_turn_id", "state", "error_code", "error_detail", "completed_at", "updated_at")
 # Columns set are those given (b_turn_id names the turn); the RETURNING row says the turn was running.
 _UPDATE_RUNNING_TURN = Prepared(
     chat_turns.update()
     .where(chat_turns.c.id == sa.bindparam("b_turn_id"), chat_turns.c.state == "running")
     .returning(chat_turns.c.id),
     "update running turn",
+    # A finalization's sets: with the provider's response id (a run that reached the provider), without.
+    warm_columns=[(*_FINISH_COLUMNS, "provider_response_id"), _FINISH_COLUMNS],
 )
 
 
@@ -505,7 +524,30 @@ async def insert_user_message(
     )
 
 
-_INSERT_MESSAGE = Prepared(messages.insert(), "insert message")
+_USER_MESSAGE_COLUMNS: Final = (
+    "id",
+    "tenant_id",
+    "chat_id",
+    "request_id",
+    "role",
+    "content",
+    "token_estimate",
+    "created_at",
+)
+_ASSISTANT_MESSAGE_COLUMNS: Final = (
+    *_USER_MESSAGE_COLUMNS,
+    "provider_response_id",
+    "features_used",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_write_input_tokens",
+    "reasoning_tokens",
+    "model",
+)
+_INSERT_MESSAGE = Prepared(
+    messages.insert(), "insert message", warm_columns=[_USER_MESSAGE_COLUMNS, _ASSISTANT_MESSAGE_COLUMNS]
+)
 
 
 async def insert_user_message_and_turn(
@@ -580,32 +622,15 @@ def _message_and_turn_insert() -> sa.Insert:
     def binds(table: sa.Table, prefix: str, names: Iterable[str]) -> dict[str, Any]:
         return {name: sa.bindparam(prefix + name, type_=table.c[name].type) for name in names}
 
-    message = messages.insert().values(
-        binds(
-            messages,
-            "m_",
-            ("id", "tenant_id", "chat_id", "request_id", "role", "content", "token_estimate", "created_at"),
-        )
-    )
-    turn_columns = (
-        "id",
-        "tenant_id",
-        "chat_id",
-        "request_id",
-        "requester_type",
-        "requester_user_id",
-        "state",
-        "web_search_enabled",
-        "started_at",
-        "last_progress_at",
-        "updated_at",
-        *Preflight.__slots__,
-    )
+    message = messages.insert().values(binds(messages, "m_", _USER_MESSAGE_COLUMNS))
+    turn_columns = (*_TURN_START_COLUMNS, *Preflight.__slots__)
     turn = chat_turns.insert().values(binds(chat_turns, "t_", turn_columns))
     return turn.add_cte(message.cte("new_message"))
 
 
-_INSERT_MESSAGE_AND_TURN = Prepared(_message_and_turn_insert(), "insert user message and turn")
+_INSERT_MESSAGE_AND_TURN = Prepared(
+    _message_and_turn_insert(), "insert user message and turn", dialect="postgresql"
+)
 
 
 async def insert_assistant_message(
