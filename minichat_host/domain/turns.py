@@ -427,7 +427,7 @@ class TurnService:
         inputs = await self._gather_inputs(chat, body, documents, looked.vector_store_id)
         try:
             prepared = await self._reserve_and_insert(
-                who, chat, request_id, policy, inputs, body.attachment_ids
+                who, chat, request_id, policy, inputs, body.attachment_ids, looked
             )
         except turns.TurnConflict:
             # A concurrent send won an index: answer as the checks above would have.
@@ -603,6 +603,7 @@ class TurnService:
         policy: _Policy,
         inputs: _Inputs,
         attachment_ids: Sequence[uuid.UUID],
+        looked: turns.FirstLook,
     ) -> _Prepared:
         """One transaction: locked quota rows → cascade and checks → reserves, user message, links, turn.
 
@@ -611,7 +612,7 @@ class TurnService:
         for attempt in range(_LOCK_CONFLICT_ATTEMPTS):
             try:
                 return await self._reserve_and_insert_once(
-                    who, chat, request_id, policy, inputs, attachment_ids
+                    who, chat, request_id, policy, inputs, attachment_ids, looked
                 )
             except Exception as exc:
                 if not turns.is_lock_conflict(exc) or attempt + 1 == _LOCK_CONFLICT_ATTEMPTS:
@@ -627,8 +628,10 @@ class TurnService:
         policy: _Policy,
         inputs: _Inputs,
         attachment_ids: Sequence[uuid.UUID],
+        looked: turns.FirstLook,
     ) -> _Prepared:
         now = self._clock()
+        boundary = looked.boundary
         periods = tuple(periods_for(now))
         turn_id = uuid.uuid4()
         # The outbox's transaction (nothing is enqueued here): on SQLite it queues this write behind the
@@ -640,12 +643,12 @@ class TurnService:
                 usage = await quota_ledger.load_usage(
                     self._db, who.tenant_id, who.user_id, periods, for_update=True
                 )
-                newest, prior = await turns.newest_live_and_prior_tokens(self._db, chat.id)
-                granted = self._preflight(chat.model, policy, inputs, usage, periods, prior)
+                granted = self._preflight(
+                    chat.model, policy, inputs, usage, periods, looked.prior_context_tokens
+                )
                 # Re-read under the transaction: an attachment may have been deleted since the first look.
                 current = await turns.attachments_by_id(self._db, chat.id, attachment_ids)
                 self._check_attachments(who, list(current.values()), attachment_ids)
-                boundary = turns.Boundary(newest.created_at, newest.id) if newest is not None else None
                 if self._fan_out_reads:
                     # Read on other pooled connections while this transaction writes: they see the committed
                     # chat, which the writes below do not change for them (the user message added here is

@@ -286,6 +286,49 @@ async def test_first_look_reads_the_chat_and_its_flags_in_one_statement(database
     assert await turns.first_look(database, TENANT, USER, chat_id, request_id) is None
 
 
+async def _message(
+    db: databases.Database, chat_id: uuid.UUID, at: dt.datetime, role: str = "user", **columns: object
+) -> uuid.UUID:
+    message_id = uuid.uuid4()
+    values = {
+        "id": message_id,
+        "tenant_id": TENANT,
+        "chat_id": chat_id,
+        "request_id": uuid.uuid4(),
+        "role": role,
+        "content": "x",
+        "created_at": at,
+    }
+    await db.execute(messages.insert().values({**values, **columns}))
+    return message_id
+
+
+async def test_first_look_reads_the_snapshot_boundary_and_the_prior_context_tokens(
+    database: databases.Database,
+) -> None:
+    chat_id, request_id = await _chat(database), uuid.uuid4()
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None and (looked.boundary, looked.prior_context_tokens) == (None, 0)
+
+    second = dt.timedelta(seconds=1)
+    await _message(database, chat_id, NOW, "assistant", input_tokens=100, output_tokens=20)
+    # The newest assistant message with tokens counts, not a newer one without, nor a deleted one.
+    await _message(database, chat_id, NOW + second, "assistant", input_tokens=7, output_tokens=3)
+    await _message(database, chat_id, NOW + 2 * second, "assistant")
+    await _message(database, chat_id, NOW + 3 * second, "assistant", input_tokens=999, deleted_at=NOW)
+    # The boundary is the newest live message by (created_at, id): of two at the same time, the larger id.
+    tied = sorted([await _message(database, chat_id, NOW + 4 * second) for _ in range(2)])
+    await _message(database, chat_id, NOW + 5 * second, deleted_at=NOW)
+    # Another chat's messages are not this chat's.
+    await _message(database, await _chat(database), NOW + 6 * second, "assistant", input_tokens=5)
+
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None
+    assert looked.boundary == turns.Boundary(NOW + 4 * second, tied[1])
+    assert looked.boundary.created_at.tzinfo is not None
+    assert looked.prior_context_tokens == 10
+
+
 async def test_owned_turn_status_reads_the_turn_with_the_owner_check(database: databases.Database) -> None:
     chat_id, request_id = await _chat(database), uuid.uuid4()
     assert await turns.owned_turn_status(database, TENANT, USER, chat_id, request_id) is None

@@ -684,25 +684,18 @@ _NEWEST_LIVE_MESSAGE = Prepared(
     "newest live message",
 )
 _PRIOR = messages.alias("prior")
-_NEWEST_LIVE_WITH_PRIOR_TOKENS = Prepared(
-    sa.select(
-        *_MESSAGE_COLUMNS,
-        sa.select(_PRIOR.c.input_tokens + _PRIOR.c.output_tokens)
-        .where(
-            _PRIOR.c.chat_id == sa.bindparam("chat_id"),
-            _PRIOR.c.role == "assistant",
-            _PRIOR.c.deleted_at.is_(None),
-            sa.or_(_PRIOR.c.input_tokens > 0, _PRIOR.c.output_tokens > 0),
-        )
-        .order_by(_PRIOR.c.created_at.desc(), _PRIOR.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-        .label("prior_context_tokens"),
+# input + output tokens of the chat's newest live assistant message that reported any (a scalar subquery).
+_PRIOR_TOKENS: Final = (
+    sa.select(_PRIOR.c.input_tokens + _PRIOR.c.output_tokens)
+    .where(
+        _PRIOR.c.chat_id == sa.bindparam("chat_id"),
+        _PRIOR.c.role == "assistant",
+        _PRIOR.c.deleted_at.is_(None),
+        sa.or_(_PRIOR.c.input_tokens > 0, _PRIOR.c.output_tokens > 0),
     )
-    .where(messages.c.chat_id == sa.bindparam("chat_id"), messages.c.deleted_at.is_(None))
-    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-    .limit(1),
-    "newest live message with prior context tokens",
+    .order_by(_PRIOR.c.created_at.desc(), _PRIOR.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
 )
 _PRIOR_CONTEXT_TOKENS = Prepared(
     sa.select(messages.c.input_tokens, messages.c.output_tokens)
@@ -742,16 +735,6 @@ async def newest_live_message(db: databases.Database, chat_id: uuid.UUID) -> Mes
     """The snapshot boundary: the chat's newest live message by (created_at, id)."""
     record = await _NEWEST_LIVE_MESSAGE.fetch_one(db, chat_id=chat_id)
     return MessageRow.from_record(record) if record is not None else None
-
-
-async def newest_live_and_prior_tokens(
-    db: databases.Database, chat_id: uuid.UUID
-) -> tuple[MessageRow | None, int]:
-    """`newest_live_message` and `prior_context_tokens` in one statement (a turn's start reads both)."""
-    record = await _NEWEST_LIVE_WITH_PRIOR_TOKENS.fetch_one(db, chat_id=chat_id)
-    if record is None:
-        return None, 0  # no live message, so no live assistant message either
-    return MessageRow.from_record(record), int(record["prior_context_tokens"] or 0)
 
 
 async def prior_context_tokens(db: databases.Database, chat_id: uuid.UUID) -> int:
@@ -1015,6 +998,21 @@ class FirstLook:
     turn_running: bool
     has_ready_documents: bool
     vector_store_id: str | None
+    # The snapshot boundary (the newest live message, None in a chat without one) and the prior context
+    # tokens, taken before the send's transaction as the original does (original-domain.md §2, steps 4-5).
+    boundary: Boundary | None = None
+    prior_context_tokens: int = 0
+
+
+def _newest_live(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
+    """`column` of the chat's newest live message by (created_at, id)."""
+    return (
+        sa.select(column)
+        .where(messages.c.chat_id == sa.bindparam("chat_id"), messages.c.deleted_at.is_(None))
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 _FIRST_LOOK = Prepared(
@@ -1041,6 +1039,9 @@ _FIRST_LOOK = Prepared(
         )
         .scalar_subquery()
         .label("vector_store_id"),
+        _newest_live(messages.c.created_at).label("newest_at"),
+        _newest_live(messages.c.id).label("newest_id"),
+        _PRIOR_TOKENS.label("prior_context_tokens"),
     ).where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
     "first look",
 )
@@ -1063,11 +1064,13 @@ async def first_look(
     if row is None:
         return None
     values = row.values()
-    store = values[9]
+    store, newest_at, newest_id, prior = values[9:13]
     return FirstLook(
         chat=chats_repo.owned_chat(tenant_id, user_id, values),
         request_used=bool(values[6]),
         turn_running=bool(values[7]),
         has_ready_documents=bool(values[8]),
         vector_store_id=str(store) if store else None,
+        boundary=None if newest_id is None else Boundary(fast_utc(newest_at), fast_uuid(newest_id)),
+        prior_context_tokens=int(prior or 0),
     )
