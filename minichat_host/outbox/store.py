@@ -124,23 +124,38 @@ async def load_partitions(db: databases.Database, queues: Sequence[str] | None =
 # --- sequencing -----------------------------------------------------------------------------------------
 
 
-_LOCK_PARTITION = Sql("SELECT id FROM outbox_partitions WHERE id = $1 FOR UPDATE SKIP LOCKED")
-# PostgreSQL: move exactly the rows deleted (RETURNING), numbered in incoming-id order, in one statement.
+# PostgreSQL: one statement, so one round trip and no explicit transaction (BEGIN, the partition's lock,
+# the move and COMMIT were four). The partition row's lock (SKIP LOCKED: another sequencer holds it, so
+# nothing is moved and `locked` is 0) lasts until the statement ends. The rows moved are exactly those
+# deleted (RETURNING), numbered in incoming-id order from the sequence the UPDATE reads. The statement's
+# snapshot may predate another sequencer's commit that came just before this lock: its DELETE then skips
+# the rows that sequencer deleted (READ COMMITTED skips rows a committed transaction deleted), and the
+# UPDATE adds to the sequence that sequencer left (it re-reads the row's latest version), so seqs stay
+# contiguous and each row is moved once.
 _SEQUENCE_POSTGRESQL = Sql(
     """
-    WITH moved AS (
+    WITH locked AS (
+        SELECT id FROM outbox_partitions WHERE id = $1 FOR UPDATE SKIP LOCKED
+    ),
+    moved AS (
         DELETE FROM outbox_incoming WHERE id IN (
-            SELECT id FROM outbox_incoming WHERE partition_id = $1 ORDER BY id LIMIT $2
+            SELECT id FROM outbox_incoming
+            WHERE partition_id = $1 AND EXISTS (SELECT 1 FROM locked)
+            ORDER BY id LIMIT $2
         ) RETURNING id, body_id
     ),
     base AS (
         UPDATE outbox_partitions SET sequence = sequence + (SELECT count(*) FROM moved)
-        WHERE id = $1 RETURNING sequence - (SELECT count(*) FROM moved) AS start
+        WHERE id = $1 AND EXISTS (SELECT 1 FROM moved)
+        RETURNING sequence - (SELECT count(*) FROM moved) AS start
+    ),
+    inserted AS (
+        INSERT INTO outbox_outgoing (partition_id, seq, body_id, sequenced_at)
+        SELECT $1, base.start + row_number() OVER (ORDER BY moved.id), moved.body_id, $3
+        FROM moved CROSS JOIN base
+        RETURNING seq
     )
-    INSERT INTO outbox_outgoing (partition_id, seq, body_id, sequenced_at)
-    SELECT $1, base.start + row_number() OVER (ORDER BY moved.id), moved.body_id, $3
-    FROM moved CROSS JOIN base
-    RETURNING seq
+    SELECT (SELECT count(*) FROM locked), (SELECT count(*) FROM inserted)
     """
 )
 # SQLite (the transaction holds the database write lock, so the three statements see the same rows).
@@ -175,11 +190,12 @@ async def sequence_partition(
     Returns how many were sequenced, or None when another sequencer holds the partition (PostgreSQL).
     """
     sequenced_at = sql.timestamp(dialect, now)
+    if dialect == "postgresql":
+        row = await sql.fetch_one(db, dialect, _SEQUENCE_POSTGRESQL, partition_id, batch, sequenced_at)
+        assert row is not None  # the final SELECT always answers one row
+        locked, moved = int(row[0]), int(row[1])
+        return moved if locked else None
     async with db.transaction():
-        if dialect == "postgresql":
-            if await sql.fetch_one(db, dialect, _LOCK_PARTITION, partition_id) is None:
-                return None
-            return len(await sql.fetch(db, dialect, _SEQUENCE_POSTGRESQL, partition_id, batch, sequenced_at))
         moved = len(await sql.fetch(db, dialect, _SEQUENCE_SQLITE_INSERT, partition_id, batch, sequenced_at))
         if moved:
             await sql.execute_each(

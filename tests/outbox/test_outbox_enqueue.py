@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 
 import databases
@@ -21,6 +22,7 @@ from minichat_host.outbox import (
     key_hash,
     partition_for,
 )
+from minichat_host.outbox.store import sequence_partition
 from minichat_host.outbox.tables import outbox_body, outbox_incoming, outbox_outgoing
 
 from .conftest import OutboxFactory
@@ -246,3 +248,92 @@ async def test_partition_count_mismatch_is_refused(make_outbox: OutboxFactory) -
     second.register_queue(QUEUE, Recorder(), partitions=8, timeout=1.0)
     with pytest.raises(PartitionCountMismatch, match="has 4 partitions in the database"):
         await second.ensure_queues()
+
+
+async def _outgoing(database: databases.Database, partition_id: int) -> list[tuple[int, bytes]]:
+    rows = await database.fetch_all(
+        sa.select(outbox_outgoing.c.seq, outbox_body.c.payload)
+        .select_from(outbox_outgoing.join(outbox_body, outbox_outgoing.c.body_id == outbox_body.c.id))
+        .where(outbox_outgoing.c.partition_id == partition_id)
+        .order_by(outbox_outgoing.c.seq)
+    )
+    return [(int(row[0]), bytes(row[1])) for row in rows]
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"], indirect=True)
+async def test_a_partition_another_sequencer_holds_is_left_to_it(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
+    await outbox.ensure_queues()
+    async with outbox.transaction() as tx:
+        for n in range(5):
+            entry = await tx.enqueue(QUEUE, "key", f"m{n}".encode(), payload_type="application/octet-stream")
+    partition_id = entry.partition_id
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def other_replica() -> None:
+        # Another replica's sequencer: the partition's row locked in a transaction of its own.
+        async with database.transaction():
+            lock = sa.text("SELECT id FROM outbox_partitions WHERE id = :id FOR UPDATE")
+            await database.execute(lock.bindparams(id=partition_id))
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(other_replica())
+    await held.wait()
+    now = dt.datetime.now(dt.UTC)
+    assert await sequence_partition(database, "postgresql", partition_id, now) is None
+    assert await count_rows(database, outbox_outgoing) == 0
+    assert await count_rows(database, outbox_incoming) == 5
+    release.set()
+    await holder
+    assert await sequence_partition(database, "postgresql", partition_id, now) == 5
+    assert await _outgoing(database, partition_id) == [(n + 1, f"m{n}".encode()) for n in range(5)]
+    assert await sequence_partition(database, "postgresql", partition_id, now) == 0
+
+
+async def test_concurrent_sequencers_move_each_row_once_with_contiguous_seqs(
+    make_outbox: OutboxFactory, database: databases.Database, engine_name: str
+) -> None:
+    """Several sequencers (replicas) race each other and the producers on one partition, in small batches:
+    every committed row gets exactly one seq, the seqs have no gap, each producer's rows keep their order.
+    On PostgreSQL most of the sequencers' calls find the partition held by another (SKIP LOCKED)."""
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
+    await outbox.ensure_queues()
+    partition_id: int | None = None
+    producing = True
+
+    async def producer(name: str) -> None:
+        for txn in range(25):
+            async with outbox.transaction() as tx:
+                for i in range(2):
+                    entry = await tx.enqueue(
+                        QUEUE, "key", f"{name}:{txn}:{i}".encode(), payload_type="application/octet-stream"
+                    )
+            nonlocal partition_id
+            partition_id = entry.partition_id
+            await asyncio.sleep(0)
+
+    async def sequencer() -> None:
+        while producing or await count_rows(database, outbox_incoming):
+            if partition_id is not None:
+                now = dt.datetime.now(dt.UTC)
+                await sequence_partition(database, engine_name, partition_id, now, batch=3)
+            await asyncio.sleep(0)
+
+    sequencers = [asyncio.create_task(sequencer()) for _ in range(4)]
+    await asyncio.gather(*(producer(name) for name in "ab"))
+    producing = False
+    await asyncio.gather(*sequencers)
+
+    assert partition_id is not None
+    moved = await _outgoing(database, partition_id)
+    assert [seq for seq, _ in moved] == list(range(1, 101))
+    payloads = [payload.decode() for _, payload in moved]
+    assert len(set(payloads)) == 100
+    for name in "ab":
+        mine = [p for p in payloads if p.startswith(f"{name}:")]
+        assert mine == [f"{name}:{t}:{i}" for t in range(25) for i in range(2)]
