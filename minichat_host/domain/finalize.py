@@ -276,8 +276,9 @@ class Finalizer:
         facts = ctx.facts
         usage = outcome.usage or Usage()
         try:
-            await turns.insert_assistant_message(
+            await turns.insert_answer(
                 self._db,
+                turn_id=facts.turn_id,
                 message_id=ctx.assistant_message_id,
                 tenant_id=facts.tenant_id,
                 chat_id=facts.chat_id,
@@ -294,7 +295,6 @@ class Finalizer:
                 features_used=outcome.features_used,
                 now=now,
             )
-            await turns.set_assistant_message(self._db, facts.turn_id, ctx.assistant_message_id)
         except Exception as exc:
             if is_unavailable_error(exc) or turns.is_lock_conflict(exc):
                 raise

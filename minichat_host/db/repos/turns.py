@@ -427,10 +427,6 @@ _SET_ASSISTANT_MESSAGE = Prepared(
 )
 
 
-async def set_assistant_message(db: databases.Database, turn_id: uuid.UUID, message_id: uuid.UUID) -> None:
-    await _SET_ASSISTANT_MESSAGE.execute(db, b_turn_id=turn_id, message_id=message_id)
-
-
 async def touch_progress(db: databases.Database, turn_id: uuid.UUID, now: dt.datetime) -> bool:
     """Record progress of a running turn (the watchdog's staleness clock); False when it is not running."""
     row = await _UPDATE_RUNNING_TURN.fetch_one(db, b_turn_id=turn_id, last_progress_at=now)
@@ -633,9 +629,10 @@ _INSERT_MESSAGE_AND_TURN = Prepared(
 )
 
 
-async def insert_assistant_message(
+async def insert_answer(
     db: databases.Database,
     *,
+    turn_id: uuid.UUID,
     message_id: uuid.UUID,
     tenant_id: uuid.UUID,
     chat_id: uuid.UUID,
@@ -652,25 +649,54 @@ async def insert_assistant_message(
     features_used: Sequence[str],
     now: dt.datetime,
 ) -> None:
-    await _INSERT_MESSAGE.execute(
-        db,
-        id=message_id,
-        tenant_id=tenant_id,
-        chat_id=chat_id,
-        request_id=request_id,
-        role="assistant",
-        content=content,
-        token_estimate=token_estimate,
-        provider_response_id=provider_response_id,
-        features_used=list(features_used),
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_input_tokens=cache_read_input_tokens,
-        cache_write_input_tokens=cache_write_input_tokens,
-        reasoning_tokens=reasoning_tokens,
-        model=model,
-        created_at=now,
+    """A turn's assistant message and the turn's link to it (`assistant_message_id`).
+
+    On PostgreSQL one statement (the insert as a data-modifying CTE of the link's update; the foreign key is
+    checked at the statement's end, when the message exists): a round trip less in every finalization that
+    stores an answer. SQLite runs the two statements.
+    """
+    values: dict[str, Any] = {
+        "id": message_id,
+        "tenant_id": tenant_id,
+        "chat_id": chat_id,
+        "request_id": request_id,
+        "role": "assistant",
+        "content": content,
+        "token_estimate": token_estimate,
+        "provider_response_id": provider_response_id,
+        "features_used": list(features_used),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_input_tokens": cache_read_input_tokens,
+        "cache_write_input_tokens": cache_write_input_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "model": model,
+        "created_at": now,
+    }
+    if db.url.dialect == "postgresql":
+        await _INSERT_ANSWER_AND_LINK.execute(
+            db, b_turn_id=turn_id, **{f"m_{name}": value for name, value in values.items()}
+        )
+        return
+    await _INSERT_MESSAGE.execute(db, **values)
+    await _SET_ASSISTANT_MESSAGE.execute(db, b_turn_id=turn_id, message_id=message_id)
+
+
+def _answer_insert_and_link() -> sa.Update:
+    answer = messages.insert().values(
+        {name: sa.bindparam(f"m_{name}", type_=messages.c[name].type) for name in _ASSISTANT_MESSAGE_COLUMNS}
     )
+    link = (
+        chat_turns.update()
+        .where(chat_turns.c.id == sa.bindparam("b_turn_id"))
+        .values(assistant_message_id=sa.bindparam("m_id", type_=messages.c.id.type))
+    )
+    return link.add_cte(answer.cte("new_answer"))
+
+
+_INSERT_ANSWER_AND_LINK = Prepared(
+    _answer_insert_and_link(), "insert answer and link its turn", dialect="postgresql"
+)
 
 
 _GET_MESSAGE = Prepared(
