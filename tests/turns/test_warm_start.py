@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from minichat_host.app import PROVIDERS_KEY
 from minichat_host.db import prepared as prepared_module
+from minichat_host.db.repos import turns
 from turns.conftest import Harness
 
 
@@ -35,6 +37,10 @@ async def test_the_first_turns_of_a_fresh_app_compile_no_statement(
     local_chat = await harness.create_chat("local-standard")
     local = await harness.stream(local_chat, {"content": "Hello"})
     assert local.terminal.event == "done", local.terminal
+
+    # A long run's progress touch (every 30 s of deltas) finds its form too.
+    turn = await harness.turn_row(chat_id, completed.frames[0].data["request_id"])
+    await turns.touch_progress(harness.db, turn.id, dt.datetime.now(dt.UTC))
 
     assert _forms() - primed == set()
 

@@ -375,8 +375,13 @@ _UPDATE_RUNNING_TURN = Prepared(
     .where(chat_turns.c.id == sa.bindparam("b_turn_id"), chat_turns.c.state == "running")
     .returning(chat_turns.c.id),
     "update running turn",
-    # A finalization's sets: with the provider's response id (a run that reached the provider), without.
-    warm_columns=[(*_FINISH_COLUMNS, "provider_response_id"), _FINISH_COLUMNS],
+    # A finalization's sets: with the provider's response id (a run that reached the provider), without;
+    # and a long run's progress touch (every 30 s), which would otherwise compile amid the relaying.
+    warm_columns=[
+        (*_FINISH_COLUMNS, "provider_response_id"),
+        _FINISH_COLUMNS,
+        ("b_turn_id", "last_progress_at"),
+    ],
 )
 
 
