@@ -15,6 +15,7 @@ from minichat_host.outbox import (
     InvalidPartitionCount,
     InvalidQueueName,
     InvalidQueueTimeout,
+    Outbox,
     PartitionCountMismatch,
     PayloadTooLarge,
     QueueNotRegistered,
@@ -36,6 +37,15 @@ class Note(msgspec.Struct):
 
 async def count_rows(database: databases.Database, table: sa.Table) -> int:
     return int(await database.fetch_val(sa.select(sa.func.count()).select_from(table)))
+
+
+async def _registered_without_scheduler(make_outbox: OutboxFactory) -> Outbox:
+    """An outbox with QUEUE (4 partitions) in the database and no scheduler: nothing sequences or delivers
+    unless the test does."""
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
+    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
+    await outbox.ensure_queues()
+    return outbox
 
 
 def test_partition_hash_is_stable_and_documented() -> None:
@@ -166,9 +176,7 @@ async def test_known_partitions_route_as_the_database_lookup_does(
     make_outbox: OutboxFactory, database: databases.Database
 ) -> None:
     """`tx.enqueue` on a queue registered here skips the partition lookup; the rows land where it would."""
-    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
-    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
-    await outbox.ensure_queues()
+    outbox = await _registered_without_scheduler(make_outbox)
     keys = [uuid.uuid4() for _ in range(16)] + ["tenant-a", "tenant-b", 7]
     async with outbox.transaction() as tx:
         known = [await tx.enqueue(QUEUE, key, b"x") for key in keys]
@@ -187,9 +195,7 @@ async def test_each_incoming_row_points_at_its_own_body(
 ) -> None:
     """Several enqueues in one transaction, through both ways in: every incoming row joins the body that
     carries its payload (on SQLite the incoming row takes the id of the body inserted just before it)."""
-    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
-    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
-    await outbox.ensure_queues()
+    outbox = await _registered_without_scheduler(make_outbox)
     sent: list[tuple[int, bytes]] = []
     async with outbox.transaction() as tx:
         for n in range(6):
@@ -264,9 +270,7 @@ async def _outgoing(database: databases.Database, partition_id: int) -> list[tup
 async def test_a_partition_another_sequencer_holds_is_left_to_it(
     make_outbox: OutboxFactory, database: databases.Database
 ) -> None:
-    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
-    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
-    await outbox.ensure_queues()
+    outbox = await _registered_without_scheduler(make_outbox)
     async with outbox.transaction() as tx:
         for n in range(5):
             entry = await tx.enqueue(QUEUE, "key", f"m{n}".encode(), payload_type="application/octet-stream")
@@ -300,9 +304,7 @@ async def test_concurrent_sequencers_move_each_row_once_with_contiguous_seqs(
     """Several sequencers (replicas) race each other and the producers on one partition, in small batches:
     every committed row gets exactly one seq, the seqs have no gap, each producer's rows keep their order.
     On PostgreSQL most of the sequencers' calls find the partition held by another (SKIP LOCKED)."""
-    outbox = make_outbox(fast_config(reconcile_interval_seconds=3600.0, poll_interval_seconds=3600.0))
-    outbox.register_queue(QUEUE, Recorder(), partitions=4, timeout=1.0)
-    await outbox.ensure_queues()
+    outbox = await _registered_without_scheduler(make_outbox)
     partition_id: int | None = None
     producing = True
 

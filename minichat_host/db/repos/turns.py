@@ -714,31 +714,31 @@ _NEWEST_LIVE_MESSAGE = Prepared(
     .limit(1),
     "newest live message",
 )
+
+
+def _newest_with_tokens(table: sa.FromClause, *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """`columns` of the chat's newest live assistant message (in `table`: messages or an alias) that
+    reported any tokens: the prior context tokens' row."""
+    return (
+        sa.select(*columns)
+        .where(
+            table.c.chat_id == sa.bindparam("chat_id"),
+            table.c.role == "assistant",
+            table.c.deleted_at.is_(None),
+            sa.or_(table.c.input_tokens > 0, table.c.output_tokens > 0),
+        )
+        .order_by(table.c.created_at.desc(), table.c.id.desc())
+        .limit(1)
+    )
+
+
 _PRIOR = messages.alias("prior")
-# input + output tokens of the chat's newest live assistant message that reported any (a scalar subquery).
-_PRIOR_TOKENS: Final = (
-    sa.select(_PRIOR.c.input_tokens + _PRIOR.c.output_tokens)
-    .where(
-        _PRIOR.c.chat_id == sa.bindparam("chat_id"),
-        _PRIOR.c.role == "assistant",
-        _PRIOR.c.deleted_at.is_(None),
-        sa.or_(_PRIOR.c.input_tokens > 0, _PRIOR.c.output_tokens > 0),
-    )
-    .order_by(_PRIOR.c.created_at.desc(), _PRIOR.c.id.desc())
-    .limit(1)
-    .scalar_subquery()
-)
+# input + output tokens of that message, as a scalar subquery (the first look's).
+_PRIOR_TOKENS: Final = _newest_with_tokens(
+    _PRIOR, _PRIOR.c.input_tokens + _PRIOR.c.output_tokens
+).scalar_subquery()
 _PRIOR_CONTEXT_TOKENS = Prepared(
-    sa.select(messages.c.input_tokens, messages.c.output_tokens)
-    .where(
-        messages.c.chat_id == sa.bindparam("chat_id"),
-        messages.c.role == "assistant",
-        messages.c.deleted_at.is_(None),
-        sa.or_(messages.c.input_tokens > 0, messages.c.output_tokens > 0),
-    )
-    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-    .limit(1),
-    "prior context tokens",
+    _newest_with_tokens(messages, messages.c.input_tokens, messages.c.output_tokens), "prior context tokens"
 )
 
 
