@@ -1015,6 +1015,9 @@ _UNAVAILABLE_MESSAGES: Final = (
     "pool is closing",
     "no active connection",
     "connection closed",
+    # asyncpg detaches a pooled connection's proxy when the server closes the socket; minichat drops its
+    # own reference on every release, so a query through a detached proxy means the connection died.
+    "released back to the pool",
     "databasebackend is not running",
     "database is locked",
     "unable to open database file",

@@ -426,6 +426,8 @@ def test_unavailable_error_classification() -> None:
     assert is_unavailable_error(asyncpg.CannotConnectNowError("the database system is starting up"))
     assert is_unavailable_error(asyncpg.TooManyConnectionsError("too many clients"))
     assert is_unavailable_error(asyncpg.InterfaceError("pool is closed"))
+    detached = "cannot call Connection.fetchrow(): connection has been released back to the pool"
+    assert is_unavailable_error(asyncpg.InterfaceError(detached))
     assert is_unavailable_error(sqlite3.OperationalError("database is locked"))
     assert is_unavailable_error(ValueError("no active connection"))
 
