@@ -253,24 +253,27 @@ async def test_postgresql_connections_go_to_tasks_in_the_order_they_asked(pg_db_
     in the same loop step as a release overtake the waiter it woke, which queued again at the back: 178
     statements overtook one waiter here, and the hot endpoints' p99 was 3-7x their p50 (bench/api.py)."""
     database = await connect_database(pg_db_url, min_size=2, max_size=2)
-    completed = 0
+    granted = 0
     overtaken: list[int] = []
 
     async def worker() -> None:
-        nonlocal completed
+        nonlocal granted
         for _ in range(15):
-            asked = completed
-            await database.fetch_val(sa.text("SELECT 1"))
-            overtaken.append(completed - asked)
-            completed += 1
+            asked = granted
+            # Counted when the connection is in hand, not when the statement completes: completion order
+            # depends on how the machine schedules the server (a loaded CI machine gave 92 by completion).
+            async with database.connection() as connection:
+                overtaken.append(granted - asked)
+                granted += 1
+                await connection.fetch_val(sa.text("SELECT 1"))
 
     try:
         await asyncio.gather(*(worker() for _ in range(64)))
     finally:
         await database.disconnect()
-    # FIFO bounds it at 63 (each other task once) counted by service; counted by completion, a statement
-    # served before the ask can complete after it when the machine is loaded (CI saw 67). Unfair gave 178.
-    assert max(overtaken) <= 64 + 16, sorted(overtaken)[-10:]
+    # FIFO bounds it at 63 (each other task once), plus the pool's two connections changing hands in
+    # between the semaphore and the task's next step. Unfair gave 178.
+    assert max(overtaken) <= 63 + 2, sorted(overtaken)[-10:]
 
 
 async def test_postgresql_first_statement_travels_with_begin(pg_db_url: str) -> None:
