@@ -343,7 +343,11 @@ def minichat_config(data_dir: Path, database_url: str, fake_url: str, port: int)
             # server.event_loop of the service under test (asyncio, uvloop or auto); the load side is ours.
             "event_loop": os.environ.get("MINICHAT_BENCH_EVENT_LOOP", "asyncio"),
         },
-        "database": {"url": database_url, "pool_max_size": 20},
+        # database.pool_max_size of the service under test (MINICHAT_BENCH_POOL_MAX_SIZE to compare sizes).
+        "database": {
+            "url": database_url,
+            "pool_max_size": int(os.environ.get("MINICHAT_BENCH_POOL_MAX_SIZE", "20")),
+        },
         "auth": {"mode": "jwt", "jwt": {"secret": JWT_SECRET}},
         "providers": {
             "fake": {
