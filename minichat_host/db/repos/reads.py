@@ -113,17 +113,12 @@ def utc_from_micros(micros: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
-def _postgresql_utc(value: Any) -> Any:
-    if type(value) is int:
-        return utc_from_micros(value)
-    return None if value is None else as_utc(value)
-
-
 class _UtcRead(sa.types.TypeEngine[dt.datetime]):
     """Result side of `UtcDateTime` only (the type of a `_UtcColumnRead`, never rendered in SQL)."""
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
-        return _sqlite_utc if dialect.name == "sqlite" else _postgresql_utc
+        # PostgreSQL: the int8 of `_UtcColumnRead` (processors see int / str / float values only; NULL stays).
+        return _sqlite_utc if dialect.name == "sqlite" else utc_from_micros
 
 
 _UTC_READ: Final = _UtcRead()
