@@ -34,6 +34,7 @@ class Identity(msgspec.Struct, frozen=True):
 IDENTITY_KEY = web.RequestKey("minichat.identity", Identity)
 # Verified bearer tokens remembered per process (each entry ~1 KiB with the token itself).
 VERIFIED_TOKEN_CACHE_SIZE: Final = 10_000
+_NUMBER_TYPES: Final = (int, float)  # a tuple: a union is built anew on every check
 
 
 def _unauthorized(detail: str) -> ProblemError:
@@ -127,7 +128,7 @@ class _JwtVerifier:
         not_before = claims.get("nbf")
         return (
             identity,
-            float(not_before) - leeway if isinstance(not_before, int | float) else float("-inf"),
+            float(not_before) - leeway if isinstance(not_before, _NUMBER_TYPES) else float("-inf"),
             float(claims["exp"]) + leeway,
         )
 

@@ -113,6 +113,11 @@ def masked_url(url: str) -> str:
 # --- the `databases` pool -------------------------------------------------------------------------------
 
 
+# The value types databases' Record hands to a result processor (a tuple: `int | str | float` would build a
+# union object on every check, ~0.27 µs).
+_PROCESSED_TYPES: Final = (int, str, float)
+
+
 class _PragmaSQLitePool(SQLitePool):
     """SQLitePool of `InlineConnection`s (sqlite_inline.py) that runs the connection PRAGMAs on every
     connection it opens and keeps up to `max_idle` idle ones for the next task."""
@@ -598,7 +603,7 @@ class _CachedPostgresConnection(PostgresConnection):
         values = list(row)
         for position, processor in derived["processors"]:
             raw = values[position]
-            if isinstance(raw, int | str | float):
+            if isinstance(raw, _PROCESSED_TYPES):
                 values[position] = processor(raw)
         return LeanRecord(values, derived["index"])  # type: ignore[arg-type]  # a list serves as the row
 

@@ -95,9 +95,12 @@ def partition_for(key: PartitionKey, partitions: int) -> int:
     return key_hash(key) % validate_partitions(partitions)
 
 
+_BYTES_TYPES: Final = (bytes, bytearray, memoryview)  # a tuple: a union is built anew on every check
+
+
 def encode_payload(payload: Payload) -> bytes:
     """bytes as they are; a msgspec Struct or a mapping as JSON."""
-    if isinstance(payload, bytes | bytearray | memoryview):
+    if isinstance(payload, _BYTES_TYPES):
         return bytes(payload)
     return msgspec.json.encode(payload)
 
