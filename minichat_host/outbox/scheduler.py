@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from minichat_host import constants
 from minichat_host.config import OutboxConfig
+from minichat_host.db.engine import sqlite_path, sqlite_writes
 from minichat_host.outbox import dead_letters as dl
 from minichat_host.outbox.enqueue import (
     Clock,
@@ -326,9 +327,6 @@ class Outbox:
         self._error_counts: dict[int, int] = {}
         self._background: list[asyncio.Task[None]] = []
         self._slots = asyncio.Semaphore(config.max_concurrent_partitions)
-        # SQLite allows one writer at a time: our own write transactions queue here instead of spinning
-        # on the busy timeout against each other (other code still meets them through the busy timeout).
-        self._sqlite_writes = asyncio.Lock()
         self._process_lock: _SQLiteProcessLock | None = None
 
     # --- registration --------------------------------------------------------------------------------
@@ -417,8 +415,8 @@ class Outbox:
         handle = OutboxTransaction(self)
         token = _CURRENT_TRANSACTION.set(handle)
         try:
-            # Connection first (on SQLite opening one is slow), then the write turn, then BEGIN.
-            async with self.database.connection(), self._write_turn(), self.database.transaction(**options):
+            # Connection first (on SQLite opening one is slow), then BEGIN (the write gate's turn on SQLite).
+            async with self.database.connection(), self.database.transaction(**options):
                 yield handle
         finally:
             _CURRENT_TRANSACTION.reset(token)
@@ -450,8 +448,6 @@ class Outbox:
         if self._started:
             raise RuntimeError("the outbox is already started")
         if self.dialect == "sqlite":
-            from minichat_host.db.engine import sqlite_path
-
             self._process_lock = _SQLiteProcessLock(sqlite_path(str(self.database.url)).resolve())
             self._process_lock.acquire(self.worker_id)
         try:
@@ -556,20 +552,12 @@ class Outbox:
             return connection
         return contextlib.nullcontext()
 
-    def _write_turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """SQLite: queue for the single write lock in asyncio, not in SQLite's sleeping busy handler.
-
-        Skipped inside a foreign open transaction (it may already hold SQLite's lock, and waiting here
-        for a worker that waits for SQLite would stall both until the busy timeout).
-        """
-        if self.dialect != "sqlite" or self.database.connection()._transaction_stack:
-            return contextlib.nullcontext()
-        return self._sqlite_writes
-
     async def _write(self, work: Awaitable[T]) -> T:
+        """SQLite: the work's statements on the writer connection, in the write gate's queue (one writer per
+        process, waiting in asyncio rather than in SQLite's sleeping busy handler; db/engine.py)."""
         if self.dialect != "sqlite":
             return await work
-        async with self._sqlite_writes:
+        async with sqlite_writes(self.database):
             return await work
 
     def _retry_delay(self, failures: int) -> float:
