@@ -11,6 +11,10 @@ connection, so a one-off PRAGMA would not stick): `foreign_keys=ON`, `synchronou
 against process crashes), a high `wal_autocheckpoint` (a safety valve only). WAL is a property of the
 database file and is switched on once when the pool connects. databases 0.9 would open and close a
 connection around every query; the pool here keeps up to `max_size` idle connections for the next task.
+Every write of the process runs on one more connection, the writer, behind an in-process write gate
+(`_SQLiteWriter`), and so do statements outside a transaction while no one writes (the outbox's raw reads
+excepted): SQLite drops a connection's page cache whenever another connection committed, so the one
+connection that does all the committing keeps its own.
 Rows come back as `LeanRecord`s; statements are compiled once (compiled.py) or prepared (prepared.py).
 Root transactions start with `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes fails at
 once with "database is locked" when another connection committed in between (the busy timeout does not apply
@@ -203,6 +207,9 @@ class _WriteGate:
 
     def release(self) -> None:
         self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
 
 
 class _SQLiteWriter:
@@ -498,51 +505,80 @@ class _ImmediateSQLiteConnection(SQLiteConnection):
             entry.derived["metadata"] = built
         return built
 
+    async def _borrow_writer(self) -> InlineConnection | None:
+        """The writer connection for one statement when this connection does not write already and no one
+        else does: its page cache is the one no other connection's commit drops (_SQLiteWriter), and the
+        gate is held for the statement, so no transaction begins on it meanwhile. None: use our own."""
+        if self._parked is None and not self._writer.gate.locked():
+            return await self._writer.take()  # an unlocked gate is taken without suspending
+        return None
+
     async def fetch_all(self, query: ClauseElement) -> list[LeanRecord]:  # type: ignore[override]
-        connection = self._connection
-        assert connection is not None, "Connection is not acquired"
+        assert self._connection is not None, "Connection is not acquired"
         sql, args, result_columns, context, entry = self._prepare(query)
-        raw = connection.raw
-        cursor = await connection.run(lambda: raw.execute(sql, args))
+        borrowed = await self._borrow_writer()
         try:
-            rows = cursor.fetchall()
-            metadata, index = self._metadata(entry, context, cursor.description, result_columns)
+            connection = borrowed or self._connection
+            raw = connection.raw
+            cursor = await connection.run(lambda: raw.execute(sql, args))
+            try:
+                rows = cursor.fetchall()
+                metadata, index = self._metadata(entry, context, cursor.description, result_columns)
+            finally:
+                cursor.close()
         finally:
-            cursor.close()
+            if borrowed is not None:
+                self._writer.give_back()
         processors, keymap = metadata._processors, metadata._keymap
         return [LeanRecord(Row(metadata, processors, keymap, row), index) for row in rows]
 
     async def fetch_one(self, query: ClauseElement) -> LeanRecord | None:  # type: ignore[override]
-        connection = self._connection
-        assert connection is not None, "Connection is not acquired"
+        assert self._connection is not None, "Connection is not acquired"
         sql, args, result_columns, context, entry = self._prepare(query)
-        raw = connection.raw
-        cursor = await connection.run(lambda: raw.execute(sql, args))
+        borrowed = await self._borrow_writer()
         try:
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            metadata, index = self._metadata(entry, context, cursor.description, result_columns)
+            connection = borrowed or self._connection
+            raw = connection.raw
+            cursor = await connection.run(lambda: raw.execute(sql, args))
+            try:
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                metadata, index = self._metadata(entry, context, cursor.description, result_columns)
+            finally:
+                cursor.close()
         finally:
-            cursor.close()
+            if borrowed is not None:
+                self._writer.give_back()
         return LeanRecord(Row(metadata, metadata._processors, metadata._keymap, row), index)
 
     async def run_prepared(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
-        connection = self._connection
-        assert connection is not None, "Connection is not acquired"
-        return await run_inline_prepared(self._dialect, connection, prepared, values, mode)
+        assert self._connection is not None, "Connection is not acquired"
+        borrowed = await self._borrow_writer()
+        try:
+            return await run_inline_prepared(
+                self._dialect, borrowed or self._connection, prepared, values, mode
+            )
+        finally:
+            if borrowed is not None:
+                self._writer.give_back()
 
     async def execute(self, query: ClauseElement) -> Any:
-        connection = self._connection
-        assert connection is not None, "Connection is not acquired"
+        assert self._connection is not None, "Connection is not acquired"
         sql, args = self._prepare(query)[:2]
-        raw = connection.raw
-        cursor = await connection.run(lambda: raw.execute(sql, args))
+        borrowed = await self._borrow_writer()
         try:
-            # As databases: the new row's id for an INSERT, else the number of rows changed.
-            return cursor.rowcount if cursor.lastrowid == 0 else cursor.lastrowid
+            connection = borrowed or self._connection
+            raw = connection.raw
+            cursor = await connection.run(lambda: raw.execute(sql, args))
+            try:
+                # As databases: the new row's id for an INSERT, else the number of rows changed.
+                return cursor.rowcount if cursor.lastrowid == 0 else cursor.lastrowid
+            finally:
+                cursor.close()
         finally:
-            cursor.close()
+            if borrowed is not None:
+                self._writer.give_back()
 
 
 class MinichatSQLiteBackend(SQLiteBackend):
@@ -592,8 +628,17 @@ class MinichatSQLiteBackend(SQLiteBackend):
         return _ImmediateSQLiteConnection(self._pool, self._dialect, self._statements, self._writer)
 
     async def run_prepared_alone(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
-        """A prepared statement outside any connection of the calling task: on a pooled connection that goes
-        straight back (what databases does too, through a `Connection` with three locks built per call)."""
+        """A prepared statement outside any connection of the calling task: on the writer connection when no
+        one writes (its page cache is the one that is never dropped; the gate is held for the statement, so
+        no transaction can begin on it meanwhile), else on a pooled connection that goes straight back (what
+        databases does too, through a `Connection` with three locks built per call)."""
+        writer = self._writer
+        if not writer.gate.locked():
+            connection = await writer.take()  # as _ImmediateSQLiteConnection._borrow_writer
+            try:
+                return await run_inline_prepared(self._dialect, connection, prepared, values, mode)
+            finally:
+                writer.give_back()
         pool = self._pragma_pool
         connection = await pool.acquire()
         try:

@@ -200,3 +200,43 @@ async def test_sqlite_writes_takes_the_writer_and_lets_a_transaction_join_it(
         assert _raw(database) is not writer_raw
     await asyncio.wait_for(competing, 5)
     assert await _titles(database, tenant) == ["autocommit", "inside", "other"]
+
+
+async def test_reads_use_the_writer_while_no_one_writes_and_a_pooled_connection_while_someone_does(
+    database: databases.Database,
+) -> None:
+    tenant = uuid.uuid4()
+    async with database.transaction():
+        await INSERT_CHAT.execute(database, **_chat(tenant, "committed"))
+    traced: list[str] = []
+    _writer(database)._connection.raw.set_trace_callback(traced.append)
+    by_title = sa.select(chats.c.title).where(chats.c.tenant_id == tenant)
+
+    # Nobody writes: the writer connection (warm page cache) answers, with or without a held connection.
+    assert await _titles(database, tenant) == ["committed"]
+    async with database.connection():
+        rows = await database.fetch_all(by_title)
+        assert [row["title"] for row in rows] == ["committed"]
+        assert await _titles(database, tenant) == ["committed"]
+    assert len([sql for sql in traced if sql.startswith("SELECT chats.title")]) == 3
+
+    # Someone writes: a read neither waits for the writer nor sees its uncommitted row.
+    traced.clear()
+    inserted, release = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with database.transaction():
+            await INSERT_CHAT.execute(database, **_chat(tenant, "pending"))
+            inserted.set()
+            await release.wait()
+
+    task = asyncio.create_task(writer())
+    await inserted.wait()
+    async with database.connection():
+        rows = await asyncio.wait_for(database.fetch_all(by_title), 5)
+        assert [row["title"] for row in rows] == ["committed"]
+    assert await asyncio.wait_for(_titles(database, tenant), 5) == ["committed"]
+    assert not [sql for sql in traced if sql.startswith("SELECT chats.title")]
+    release.set()
+    await task
+    assert await _titles(database, tenant) == ["committed", "pending"]
