@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import itertools
 import logging
 import os
 import random
@@ -75,6 +76,7 @@ from minichat_host.outbox.sql import DialectName
 from minichat_host.outbox.status import queue_status
 from minichat_host.outbox.store import (
     SEQUENCER_BATCH,
+    SEQUENCER_PARTITIONS_PER_TRANSACTION,
     AckPlan,
     OutgoingRow,
     Partition,
@@ -86,6 +88,7 @@ from minichat_host.outbox.store import (
     release_all_leases,
     release_lease,
     sequence_partition,
+    sequence_partitions_sqlite,
 )
 from minichat_host.outbox.vacuum import vacuum
 from minichat_host.plugins.errors import PermanentError, TransientError
@@ -613,6 +616,8 @@ class Outbox:
                 await self._sequence_dirty()
 
     async def _sequence_dirty(self) -> int:
+        if self.dialect == "sqlite":
+            return await self._sequence_dirty_together()
         total = 0
         while self._dirty and not self._stopping:
             partition_id = next(iter(self._dirty))
@@ -630,6 +635,33 @@ class Outbox:
                 self._redirty_later(partition_id, SEQUENCER_BUSY_RETRY)
                 continue
             if count:
+                partition = self._partitions[partition_id]
+                self.metrics.enqueued.labels(partition.queue).inc(count)
+                self.stats.sequenced += count
+                total += count
+                self._wake_partition(partition_id)
+                if count == SEQUENCER_BATCH:
+                    self._dirty[partition_id] = None
+        return total
+
+    async def _sequence_dirty_together(self) -> int:
+        """SQLite: the dirty partitions in transactions of up to SEQUENCER_PARTITIONS_PER_TRANSACTION."""
+        total = 0
+        while self._dirty and not self._stopping:
+            await after_ready_io()
+            ids = list(itertools.islice(self._dirty, SEQUENCER_PARTITIONS_PER_TRANSACTION))
+            for partition_id in ids:
+                del self._dirty[partition_id]
+            try:
+                counts = await self._write(sequence_partitions_sqlite(self.database, ids, self.clock()))
+            except Exception:
+                logger.exception("outbox: sequencing partitions %s failed", ids)
+                for partition_id in ids:
+                    self._redirty_later(partition_id, self._error_delay(partition_id))
+                continue
+            for partition_id, count in counts.items():
+                if not count:
+                    continue
                 partition = self._partitions[partition_id]
                 self.metrics.enqueued.labels(partition.queue).inc(count)
                 self.stats.sequenced += count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
 
 import databases
@@ -23,7 +24,7 @@ from minichat_host.outbox import (
     key_hash,
     partition_for,
 )
-from minichat_host.outbox.store import sequence_partition
+from minichat_host.outbox.store import sequence_partition, sequence_partitions_sqlite
 from minichat_host.outbox.tables import outbox_body, outbox_incoming, outbox_outgoing
 
 from .conftest import OutboxFactory
@@ -339,3 +340,39 @@ async def test_concurrent_sequencers_move_each_row_once_with_contiguous_seqs(
     for name in "ab":
         mine = [p for p in payloads if p.startswith(f"{name}:")]
         assert mine == [f"{name}:{t}:{i}" for t in range(25) for i in range(2)]
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
+async def test_sqlite_sequences_several_partitions_in_one_transaction(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    """The SQLite sequencer's one transaction per wake-up: each partition's rows get their own contiguous
+    seqs in enqueue order, up to the batch; what is left stays incoming for the next call; a failure
+    part-way leaves every partition as it was."""
+    outbox = await _registered_without_scheduler(make_outbox)
+    by_partition: dict[int, list[str]] = {}
+    for index in range(40):
+        async with outbox.transaction() as tx:
+            entry = await tx.enqueue(
+                QUEUE, f"key-{index % 7}", f"m{index}".encode(), payload_type="text/plain"
+            )
+        by_partition.setdefault(entry.partition_id, []).append(f"m{index}")
+    assert len(by_partition) >= 2
+    ids = sorted(by_partition)
+    now = dt.datetime.now(dt.UTC)
+
+    with pytest.raises(sqlite3.IntegrityError):
+        async with database.transaction():  # joins: the sequencing and the failure roll back together
+            await sequence_partitions_sqlite(database, ids, now, batch=3)
+            await database.execute(outbox_body.insert().values(id=1, payload=b"", payload_type="x"))
+    assert await count_rows(database, outbox_outgoing) == 0
+
+    assert await sequence_partitions_sqlite(database, ids, now, batch=3) == {
+        partition_id: min(3, len(by_partition[partition_id])) for partition_id in ids
+    }
+    while await count_rows(database, outbox_incoming):
+        await sequence_partitions_sqlite(database, ids, now, batch=3)
+    for partition_id in ids:
+        moved = await _outgoing(database, partition_id)
+        assert [seq for seq, _ in moved] == list(range(1, len(by_partition[partition_id]) + 1))
+        assert [payload.decode() for _, payload in moved] == by_partition[partition_id]
