@@ -212,6 +212,9 @@ class _WriteGate:
         return self._lock.locked()
 
 
+WRITER_CACHE_KIB: Final = 32 * 1024
+
+
 class _SQLiteWriter:
     """The one connection every write of this process runs on, behind the write gate.
 
@@ -239,6 +242,9 @@ class _SQLiteWriter:
                     connection.close_now()
                     self._connection = None
                 connection = self._connection = self._pool.open_connection()
+                # Most reads land here too (while no one writes): the page cache the pooled connections
+                # would have had between them.
+                connection.raw.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}").close()
         except BaseException:
             self.gate.release()
             raise

@@ -16,7 +16,7 @@ import databases
 import pytest
 import sqlalchemy as sa
 
-from minichat_host.db.engine import connect_database, sqlite_writes
+from minichat_host.db.engine import WRITER_CACHE_KIB, connect_database, sqlite_writes
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.tables import chats
 
@@ -88,6 +88,8 @@ async def test_every_transaction_writes_on_one_connection_and_reads_stay_pooled(
     writer_raw = seen[0][1]
     assert all(idle.raw is not writer_raw for idle in pool._idle)  # the writer is never pooled
     assert not writer_raw.in_transaction
+    # It serves most reads too: the page cache the pooled connections had between them.
+    assert writer_raw.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
 
 
 async def test_uncommitted_rows_stay_invisible_to_other_tasks_which_do_not_wait_to_read(
