@@ -26,6 +26,7 @@ gone detaches the run. After `detach()` nothing more is written and the relay re
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import time
@@ -92,7 +93,11 @@ class _ToolLimitExceeded(Exception):
 
 
 def _start_eagerly(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], *, name: str
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    *,
+    name: str,
+    context: contextvars.Context | None = None,
 ) -> asyncio.Task[T]:
     """A task whose first step runs now, in the caller's loop step (Python 3.12+), not one loop turn later.
 
@@ -101,8 +106,8 @@ def _start_eagerly(
     thousands of chunks a second (one turn was ~1-2 ms of added time to first token at concurrency 10).
     """
     if sys.version_info >= (3, 12):
-        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg]
-    return loop.create_task(coro, name=name)
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True, context=context)  # type: ignore[call-arg]
+    return loop.create_task(coro, name=name, context=context)
 
 
 class TurnRun:
@@ -114,6 +119,7 @@ class TurnRun:
         "_cancel_reason",
         "_caught_up",
         "_citations",
+        "_committed",
         "_detached",
         "_direct",
         "_ended",
@@ -191,16 +197,39 @@ class TurnRun:
         self._citations: list[Citation] = []
         self._began = time.monotonic()
         self._first_token_at: float | None = None
+        # Started before its turn was committed: resolved True by `confirm()`, False by `abandon()`.
+        self._committed: asyncio.Future[bool] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> asyncio.Future[FinalizeResult | None]:
-        """Start the pump; the returned future is done when the turn is finalized."""
+    def start(
+        self, *, before_commit: bool = False, context: contextvars.Context | None = None
+    ) -> asyncio.Future[FinalizeResult | None]:
+        """Start the pump; the returned future is done when the turn is finalized.
+
+        `before_commit`: the turn's transaction is still open. The upstream request leaves now, but the
+        run records nothing, relays nothing and finalizes nothing until `confirm()`; after `abandon()` it
+        ends without a trace. `context`: the pump's and the finisher's (not the open transaction's).
+        """
         if self._finished is None:
             loop = asyncio.get_running_loop()
             self._finished = loop.create_future()
-            self._pump_task = _start_eagerly(loop, self._pump(), name=f"turn-pump-{self.turn_id}")
-            self._pump_task.add_done_callback(self._start_finisher)
+            if before_commit:
+                self._committed = loop.create_future()
+            self._pump_task = _start_eagerly(
+                loop, self._pump(), name=f"turn-pump-{self.turn_id}", context=context
+            )
+            self._pump_task.add_done_callback(self._start_finisher, context=context)
         return self._finished
+
+    def confirm(self) -> None:
+        """The turn's transaction committed: the run goes on as if started after it."""
+        _resolve(self._committed, True)
+        self._committed = None
+
+    def abandon(self) -> None:
+        """The turn's transaction failed: abort the upstream request; there is no turn to finalize."""
+        _resolve(self._committed, False)
+        self.detach("shutdown")
 
     @property
     def finished(self) -> asyncio.Future[FinalizeResult | None]:
@@ -383,6 +412,7 @@ class TurnRun:
         stream = self._provider.stream(request, tenant_id=self._tenant_id)
         del request
         provider_events = stream.__aiter__()
+        awaiting_commit = self._committed
         try:
             while True:
                 # The provider's next event, its `__anext__` stepped by hand to tell an event that is ready
@@ -414,6 +444,12 @@ class TurnRun:
                             thrown = exc
                 except StopAsyncIteration:
                     break
+                if awaiting_commit is not None:
+                    # Nothing is relayed or recorded for a turn that is not committed yet (shielded: a
+                    # cancellation of the pump must not cancel the finisher's wait on the same future).
+                    if not await asyncio.shield(awaiting_commit):
+                        raise asyncio.CancelledError
+                    awaiting_commit = None
                 if isinstance(event, TextDelta):
                     if not event.text:
                         continue
@@ -495,6 +531,13 @@ class TurnRun:
         )
 
     async def _finish(self, pump: asyncio.Task[TurnOutcome]) -> FinalizeResult | None:
+        committed = self._committed
+        if committed is not None and not await committed:
+            # Abandoned: the turn's transaction rolled back, so there is no turn to finalize.
+            if not pump.cancelled():
+                pump.exception()  # retrieved: what the provider said no longer matters
+            self._ended = True
+            return None
         outcome = self._outcome_of(pump)
         await after_ready_io()
         result: FinalizeResult | None = None

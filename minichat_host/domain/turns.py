@@ -17,6 +17,7 @@ A unique-index clash on insert (a concurrent send) is re-checked and answered li
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime as dt
 import logging
@@ -341,14 +342,6 @@ def _tool_inputs(
     )
 
 
-def _discard(future: asyncio.Future[Any]) -> None:
-    """Cancel a read nobody will wait for (its failure, if it already failed, is not reported)."""
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled():
-        future.exception()
-
-
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     """A running turn with its preflight, ready to be streamed."""
@@ -362,11 +355,21 @@ class _Prepared:
     periods: tuple[Period, ...]
     inputs: _Inputs
     boundary: turns.Boundary | None
-    # PostgreSQL: the summary and history reads, started inside the turn's transaction (see `_launch`).
-    context_reads: asyncio.Future[_ContextRows] | None = None
+    # The summary and history, when read already (a send reads them before its transaction).
+    context_rows: _ContextRows | None = None
 
 
 _ContextRows = tuple[turns.SummaryRow | None, list[turns.MessageRow]]
+
+
+@dataclass(frozen=True, slots=True)
+class _LaunchFailure:
+    """Why a reserved turn cannot run: finalized as failed with `code`, then `error` answers the client."""
+
+    ctx: TurnContext
+    code: str
+    detail: str
+    error: DomainError
 
 
 class TurnService:
@@ -426,7 +429,7 @@ class TurnService:
         documents = await turns.ready_documents(self._db, chat.id) if looked.has_ready_documents else []
         inputs = await self._gather_inputs(chat, body, documents, looked.vector_store_id)
         try:
-            prepared = await self._reserve_and_insert(
+            return await self._reserve_and_launch(
                 who, chat, request_id, policy, inputs, body.attachment_ids, looked
             )
         except turns.TurnConflict:
@@ -434,7 +437,6 @@ class TurnService:
             if (replay := await self._idempotency(chat, request_id)) is not None:
                 return replay
             raise TurnAlreadyRunning("A turn is already running in this chat") from None
-        return await self._launch(prepared)
 
     async def _require_chat(self, who: _Who, chat_id: uuid.UUID) -> chats_repo.ChatRecord:
         chat = await chats_repo.get_live(self._db, who.tenant_id, who.user_id, chat_id)
@@ -595,7 +597,7 @@ class TurnService:
             if row.status != "ready":
                 raise InvalidAttachment(f"Attachment {attachment_id} is not ready (status {row.status})")
 
-    async def _reserve_and_insert(
+    async def _reserve_and_launch(
         self,
         who: _Who,
         chat: chats_repo.ChatRecord,
@@ -604,23 +606,30 @@ class TurnService:
         inputs: _Inputs,
         attachment_ids: Sequence[uuid.UUID],
         looked: turns.FirstLook,
-    ) -> _Prepared:
-        """One transaction: locked quota rows → cascade and checks → reserves, user message, links, turn.
+    ) -> TurnStream:
+        """One transaction: locked quota rows → cascade and checks → context → the provider request →
+        reserves, user message, links, turn. Then the run goes on, or the turn is finalized as failed when
+        its context or provider could not be had.
 
         A PostgreSQL deadlock or serialization failure runs the transaction again (a few times).
         """
         for attempt in range(_LOCK_CONFLICT_ATTEMPTS):
             try:
-                return await self._reserve_and_insert_once(
+                launched = await self._reserve_and_launch_once(
                     who, chat, request_id, policy, inputs, attachment_ids, looked
                 )
             except Exception as exc:
                 if not turns.is_lock_conflict(exc) or attempt + 1 == _LOCK_CONFLICT_ATTEMPTS:
                     raise
                 log.warning("send on chat %s hit a lock conflict; retrying", chat.id)
+                continue
+            if isinstance(launched, _LaunchFailure):
+                await self._fail_now(launched.ctx, launched.code, launched.detail)
+                raise launched.error
+            return launched
         raise AssertionError("unreachable")
 
-    async def _reserve_and_insert_once(
+    async def _reserve_and_launch_once(
         self,
         who: _Who,
         chat: chats_repo.ChatRecord,
@@ -629,16 +638,23 @@ class TurnService:
         inputs: _Inputs,
         attachment_ids: Sequence[uuid.UUID],
         looked: turns.FirstLook,
-    ) -> _Prepared:
+    ) -> TurnRun | _LaunchFailure:
         now = self._clock()
         boundary = looked.boundary
         periods = tuple(periods_for(now))
         turn_id = uuid.uuid4()
-        # The outbox's transaction (nothing is enqueued here): on SQLite it queues this write behind the
-        # outbox's own writes instead of racing them under the busy timeout.
-        context_reads: asyncio.Future[_ContextRows] | None = None
+        # The run's tasks start inside the transaction but must not join it (the outbox's transaction
+        # handle and databases' live a context variable each): they get the context from before it.
+        outside = contextvars.copy_context()
+        # Read before the transaction, not inside it: on PostgreSQL the reads go out at once on other pooled
+        # connections, which a transaction holding one of them must not wait for (a full pool would wait
+        # for itself). What they read is the chat before this turn, which the transaction does not change.
+        context_rows = await self._summary_and_history(chat.id, boundary, request_id)
+        launched: TurnRun | _LaunchFailure | None = None
         try:
             lock = quota_ledger.user_lock_statement(self._db, who.tenant_id, who.user_id)
+            # The outbox's transaction (nothing is enqueued here): on SQLite it queues this write behind the
+            # outbox's own writes instead of racing them under the busy timeout.
             async with self._outbox.transaction(first_statement=lock):
                 usage = await quota_ledger.load_usage(
                     self._db, who.tenant_id, who.user_id, periods, for_update=True
@@ -649,13 +665,13 @@ class TurnService:
                 # Re-read under the transaction: an attachment may have been deleted since the first look.
                 current = await turns.attachments_by_id(self._db, chat.id, attachment_ids)
                 self._check_attachments(who, list(current.values()), attachment_ids)
-                if self._fan_out_reads:
-                    # Read on other pooled connections while this transaction writes: they see the committed
-                    # chat, which the writes below do not change for them (the user message added here is
-                    # never its own turn's history).
-                    context_reads = asyncio.ensure_future(
-                        self._summary_and_history(chat.id, boundary, request_id)
-                    )
+                prepared = _Prepared(
+                    who, chat, turn_id, request_id, policy, granted, periods, inputs, boundary, context_rows
+                )
+                # The decision is final under the lock: the provider request leaves now, and the writes
+                # and the COMMIT below overlap the provider's time to first token. The run waits for the
+                # commit before it relays, records or finalizes anything, and is abandoned if it fails.
+                launched = await self._plan_and_start(prepared, before_commit=True, context=outside)
                 await quota_ledger.apply_deltas(
                     self._db, who.tenant_id, who.user_id, reserve_writes(granted, periods), now=now
                 )
@@ -685,12 +701,14 @@ class TurnService:
                     now=now,
                 )
         except BaseException:
-            if context_reads is not None:
-                _discard(context_reads)
+            if isinstance(launched, TurnRun):
+                self._runs.pop(turn_id, None)
+                launched.abandon()
             raise
-        return _Prepared(
-            who, chat, turn_id, request_id, policy, granted, periods, inputs, boundary, context_reads
-        )
+        if isinstance(launched, TurnRun):
+            launched.confirm()
+        assert launched is not None
+        return launched
 
     async def _boundary(self, chat_id: uuid.UUID) -> turns.Boundary | None:
         newest = await turns.newest_live_message(self._db, chat_id)
@@ -731,12 +749,27 @@ class TurnService:
         return summary, turns.after_position(recent, summary.frontier) if summary else recent
 
     async def _launch(self, prepared: _Prepared) -> TurnStream:
-        """Assemble the context and start the provider run; a failure here finalizes the turn as failed."""
+        """Start the provider run of a committed turn (retry, edit); a failure here finalizes it as failed."""
+        launched = await self._plan_and_start(prepared)
+        if isinstance(launched, _LaunchFailure):
+            await self._fail_now(launched.ctx, launched.code, launched.detail)
+            raise launched.error
+        return launched
+
+    async def _plan_and_start(
+        self,
+        prepared: _Prepared,
+        *,
+        before_commit: bool = False,
+        context: contextvars.Context | None = None,
+    ) -> TurnRun | _LaunchFailure:
+        """Assemble the context and start the provider run, or say why the turn cannot run (the caller
+        finalizes it as failed once it is committed)."""
         granted = prepared.granted
         effective = granted.effective
         assistant_message_id = uuid.uuid4()
-        if prepared.context_reads is not None:
-            summary, history = await prepared.context_reads
+        if prepared.context_rows is not None:
+            summary, history = prepared.context_rows
         else:
             summary, history = await self._summary_and_history(
                 prepared.chat.id, prepared.boundary, prepared.request_id
@@ -755,15 +788,13 @@ class TurnService:
                 current_image_refs=[a.provider_file_id or str(a.id) for a in prepared.inputs.images],
             )
         except ContextBudgetExceeded as exc:
-            await self._fail_now(base_ctx, "context_budget_exceeded", exc.detail)
-            raise
+            return _LaunchFailure(base_ctx, "context_budget_exceeded", exc.detail, exc)
         try:
             provider = self._providers.get(effective.provider_id)
         except ProviderError as exc:
-            await self._fail_now(base_ctx, "provider_error", exc.message)
-            raise ProviderUnavailable(
-                f"The model's provider {effective.provider_id!r} is not available"
-            ) from exc
+            error = ProviderUnavailable(f"The model's provider {effective.provider_id!r} is not available")
+            error.__cause__ = exc
+            return _LaunchFailure(base_ctx, "provider_error", exc.message, error)
         ctx = dataclasses.replace(
             base_ctx,
             summary=SummaryTrigger(
@@ -774,7 +805,9 @@ class TurnService:
             ),
         )
         request = self._provider_request(prepared, assembled, tool_specs)
-        return self._start_run(prepared, ctx, provider, request, assembled)
+        return self._start_run(
+            prepared, ctx, provider, request, assembled, before_commit=before_commit, context=context
+        )
 
     def _tools(self, model: ModelCatalogEntry, prepared: _Prepared) -> tuple[EnabledTools, list[Tool]]:
         switches = prepared.policy.snapshot.kill_switches
@@ -873,6 +906,9 @@ class TurnService:
         provider: LlmProvider,
         request: ProviderRequest,
         assembled: AssembledContext,
+        *,
+        before_commit: bool = False,
+        context: contextvars.Context | None = None,
     ) -> TurnRun:
         turn_id = prepared.turn_id
         streaming = self._config.streaming
@@ -901,7 +937,7 @@ class TurnService:
             ),
         )
         self._runs[turn_id] = run
-        task = run.start()
+        task = run.start(before_commit=before_commit, context=context)
         task.add_done_callback(hooks.forget)
         if self._closing:
             run.detach("shutdown")

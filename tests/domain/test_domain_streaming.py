@@ -15,7 +15,7 @@ from minichat_host.domain import events
 from minichat_host.domain.finalize import FinalizeResult, TurnOutcome
 from minichat_host.domain.streaming import HELD_FRAMES_MAX, StreamLimits, TurnRun
 from minichat_host.plugins.types import Usage
-from minichat_host.providers.base import Completed, ProviderRequest, StreamEvent, TextDelta
+from minichat_host.providers.base import Completed, ProviderError, ProviderRequest, StreamEvent, TextDelta
 
 
 class ScriptedProvider:
@@ -317,3 +317,44 @@ async def test_a_client_gone_while_held_deltas_are_written_cancels_the_provider_
     assert TwoThenWait.closed
     assert outcomes[0].state == "cancelled" and outcomes[0].text == "ab"
     assert sink.names == ["stream_started"]
+
+
+async def test_a_run_started_before_its_commit_takes_nothing_from_the_provider_until_confirmed() -> None:
+    provider = ScriptedProvider(_script(3))
+    run, outcomes = _run(provider)
+    finished = run.start(before_commit=True)
+    await asyncio.sleep(0.05)
+    # The provider's events are there, but none is taken (no frame, no progress) and nothing is finalized.
+    assert not finished.done() and outcomes == [] and not provider.closed
+    run.confirm()
+    await finished
+    sink = ListSink()
+    assert await run.relay(sink) is True
+    assert sink.names == ["stream_started", "delta", "delta", "delta", "done"]
+    assert outcomes[0].state == "completed" and provider.closed
+
+
+async def test_a_run_whose_provider_failed_before_the_commit_is_finalized_after_it() -> None:
+    class Refusing(ScriptedProvider):
+        async def stream(self, request: ProviderRequest, *, tenant_id: str) -> AsyncIterator[StreamEvent]:
+            raise ProviderError("provider_error", "refused")
+            yield  # an async generator
+
+    run, outcomes = _run(Refusing([]))
+    finished = run.start(before_commit=True)
+    await asyncio.sleep(0.05)
+    assert not finished.done() and outcomes == []  # the pump is over; its finalization waits
+    run.confirm()
+    await finished
+    assert [o.state for o in outcomes] == ["failed"]
+
+
+async def test_an_abandoned_run_aborts_the_provider_and_finalizes_nothing() -> None:
+    gate = asyncio.Event()
+    provider = ScriptedProvider(_script(3), gate)
+    run, outcomes = _run(provider)
+    finished = run.start(before_commit=True)
+    await asyncio.sleep(0.01)
+    run.abandon()
+    assert await finished is None
+    assert outcomes == [] and provider.closed

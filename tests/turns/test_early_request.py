@@ -1,0 +1,132 @@
+"""A send's provider request leaves inside the turn's transaction, before the reserve, the user message and
+the turn are written and committed (their writes overlap the provider's time to first token).
+
+Until the commit the run relays, records and finalizes nothing; when the transaction fails after the
+request left, the run is abandoned: the upstream request is aborted and nothing of the turn remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import sqlalchemy as sa
+from fakes.openai_server import Script
+
+from minichat_host.db.tables import messages
+from turns.conftest import PREFIX, Harness
+
+# Triggers that fail, or slow down, the insert of a user message with a given content (test-only DDL).
+_SQLITE_FAIL = (
+    "CREATE TRIGGER test_fail_message BEFORE INSERT ON messages WHEN NEW.content = 'boom' "
+    "BEGIN SELECT RAISE(ABORT, 'boom'); END"
+)
+_PG_FUNCTION = """
+CREATE FUNCTION test_message_trigger() RETURNS trigger AS $$
+BEGIN
+    IF NEW.content = 'boom' THEN RAISE EXCEPTION 'boom'; END IF;
+    IF NEW.content = 'slow' THEN PERFORM pg_sleep(0.3); END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql
+"""
+_PG_TRIGGER = (
+    "CREATE TRIGGER test_message_trigger BEFORE INSERT ON messages "
+    "FOR EACH ROW EXECUTE FUNCTION test_message_trigger()"
+)
+
+
+async def _install_triggers(harness: Harness) -> None:
+    if harness.db.url.dialect == "sqlite":
+        await harness.db.execute(sa.text(_SQLITE_FAIL))
+    else:
+        await harness.db.execute(sa.text(_PG_FUNCTION))
+        await harness.db.execute(sa.text(_PG_TRIGGER))
+
+
+async def _drop_triggers(harness: Harness) -> None:
+    if harness.db.url.dialect == "sqlite":
+        await harness.db.execute(sa.text("DROP TRIGGER test_fail_message"))
+    else:
+        await harness.db.execute(sa.text("DROP TRIGGER test_message_trigger ON messages"))
+        await harness.db.execute(sa.text("DROP FUNCTION test_message_trigger()"))
+
+
+async def test_a_transaction_failing_after_the_request_left_abandons_the_run(harness: Harness) -> None:
+    chat_id = await harness.create_chat("fake-standard")
+    await _install_triggers(harness)
+    try:
+        before = await harness.counts()
+        harness.fake.script(Script(text="never relayed", ttft_ms=400))
+        response = await harness.client.post(
+            f"{PREFIX}/chats/{chat_id}/messages:stream", json={"content": "boom"}
+        )
+        body = await response.json(content_type=None)
+        assert response.status == 500 and body["code"] == "internal_error", body
+
+        # The request had left before the insert failed, and the abandoned run aborted it. On SQLite the
+        # whole transaction is one step of the loop the fake shares, so the fake finds the connection
+        # closed before its handler runs; on PostgreSQL the insert's round trip lets it start.
+        recorded = harness.fake.by_op("responses")
+        if harness.db.url.dialect == "postgresql":
+            (record,) = recorded
+            assert await record.wait_finished() == "client_disconnected"
+        else:
+            assert [await r.wait_finished() for r in recorded] == ["client_disconnected"] * len(recorded)
+        await harness.wait_idle()
+        assert harness.service.active_runs == 0
+        await asyncio.sleep(0.2)  # an outbox pass: nothing may arrive
+        assert await harness.counts() == before
+        assert await harness.reserved() == 0
+        assert harness.recorder.usage == [] and harness.recorder.turn_audits() == []
+    finally:
+        await _drop_triggers(harness)
+
+    # The chat is untouched: the next send runs as usual (on SQLite with the script the fake never used).
+    streamed = await harness.stream(chat_id, {"content": "again"})
+    assert streamed.terminal.event == "done" and streamed.text
+    await harness.delivered(1)
+
+
+async def test_a_provider_failure_before_the_commit_is_finalized_after_it(harness: Harness) -> None:
+    """The provider refuses at once while the transaction is still writing (PostgreSQL: a trigger holds the
+    insert for 0.3 s after the request left): the turn is finalized as failed once it is committed."""
+    chat_id = await harness.create_chat("fake-standard")
+    await _install_triggers(harness)
+    try:
+        harness.fake.script(Script.server_error())
+        request_id = str(uuid.uuid4())
+        sending = asyncio.ensure_future(
+            harness.stream(chat_id, {"content": "slow", "request_id": request_id})
+        )
+        for _ in range(1000):  # until the fake has the request (or the send is over)
+            if harness.fake.by_op("responses") or sending.done():
+                break
+            await asyncio.sleep(0.005)
+        if harness.db.url.dialect == "postgresql":
+            # The provider has the request while the turn is not committed yet (the trigger holds it).
+            assert not sending.done()
+            assert await harness.count(messages, messages.c.chat_id == uuid.UUID(chat_id)) == 0
+        streamed = await sending
+        assert streamed.terminal.event == "error", streamed.frames
+        assert streamed.terminal.data["code"] == "provider_error"
+        assert harness.fake.last("responses").status == 500
+        status = await harness.wait_terminal(chat_id, request_id)
+        assert status["state"] == "error" and status["error_code"] == "provider_error"
+        assert await harness.reserved() == 0
+        await harness.delivered(1)
+        (usage,) = harness.recorder.usage
+        assert usage.billing_outcome == "failed"
+    finally:
+        await _drop_triggers(harness)
+
+
+async def test_the_run_does_not_join_the_transaction_it_started_in(harness: Harness) -> None:
+    """The pump and the finisher start inside the send's transaction but in the context from before it: the
+    finalization's outbox messages wake the sequencer after its own commit (joined to the send's long-gone
+    transaction handle, they would wait for the reconciler)."""
+    await harness.outbox.run_once()  # the queues are registered; nothing is pending
+    chat_id = await harness.create_chat("fake-standard")
+    streamed = await harness.stream(chat_id, {"content": "hello"})
+    assert streamed.terminal.event == "done"
+    await harness.wait_idle()
+    assert harness.outbox._dirty, "the finalization's enqueues did not mark their partitions"
