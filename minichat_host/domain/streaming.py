@@ -412,7 +412,6 @@ class TurnRun:
         stream = self._provider.stream(request, tenant_id=self._tenant_id)
         del request
         provider_events = stream.__aiter__()
-        awaiting_commit = self._committed
         try:
             while True:
                 # The provider's next event, its `__anext__` stepped by hand to tell an event that is ready
@@ -444,12 +443,10 @@ class TurnRun:
                             thrown = exc
                 except StopAsyncIteration:
                     break
-                if awaiting_commit is not None:
-                    # Nothing is relayed or recorded for a turn that is not committed yet (shielded: a
-                    # cancellation of the pump must not cancel the finisher's wait on the same future).
-                    if not await asyncio.shield(awaiting_commit):
-                        raise asyncio.CancelledError
-                    awaiting_commit = None
+                if self._committed is not None and not await asyncio.shield(self._committed):
+                    # Abandoned. Nothing is relayed or recorded for a turn before its commit (`confirm()`
+                    # clears the future; shielded: a cancelled pump must not cancel the finisher's wait).
+                    raise asyncio.CancelledError
                 if isinstance(event, TextDelta):
                     if not event.text:
                         continue

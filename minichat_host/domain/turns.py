@@ -6,6 +6,13 @@ context and hands back a `TurnStream` whose frames the HTTP layer writes. The tu
 `Finalizer` (one transaction, before the terminal frame). A failure after the turn row exists (context
 budget, provider resolution) finalizes the turn at once as `failed` and is then reported as the problem.
 
+A send's provider request leaves inside that transaction, once the quota decision is final (the user's
+rows are locked) and before the writes and the COMMIT, which then overlap the provider's time to first
+token. The run takes no event and finalizes nothing until the commit; if the transaction fails, the run
+is abandoned (the upstream request aborted) and nothing of the turn remains. A crash in between leaves
+no turn, as a crash before the request would: the provider may have read the prompt, which no usage
+event then accounts for (as for a crash mid-stream, whose turn the watchdog settles from its reserve).
+
 Send, in order: blank content 400 → chat 404 → chat's model enabled in the current snapshot 400 →
 idempotency (completed: replay; running/failed/cancelled: 409 `request_id_conflict`) → parallel guard 409
 `turn_already_running` → duplicate attachment ids 400 → images over the per-message limit 400 →
