@@ -945,7 +945,7 @@ class TurnService:
         )
         self._runs[turn_id] = run
         task = run.start(before_commit=before_commit, context=context)
-        task.add_done_callback(hooks.forget)
+        task.add_done_callback(hooks.forget, context=context)
         if self._closing:
             run.detach("shutdown")
         return run

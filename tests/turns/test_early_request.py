@@ -8,12 +8,16 @@ request left, the run is abandoned: the upstream request is aborted and nothing 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
+import types
 import uuid
 
 import sqlalchemy as sa
 from fakes.openai_server import Script
 
 from minichat_host.db.tables import messages
+from minichat_host.outbox.scheduler import OutboxTransaction
 from turns.conftest import PREFIX, Harness
 
 # Triggers that fail, or slow down, the insert of a user message with a given content (test-only DDL).
@@ -130,3 +134,40 @@ async def test_the_run_does_not_join_the_transaction_it_started_in(harness: Harn
     assert streamed.terminal.event == "done"
     await harness.wait_idle()
     assert harness.outbox._dirty, "the finalization's enqueues did not mark their partitions"
+
+
+def _holders_of_transaction_contexts() -> list[object]:
+    """What keeps alive a context in which an outbox transaction is open, other than asyncpg's timers (its
+    statement cache keeps one per statement it prepared, its pool one per connection given back, each with
+    the context of that moment: bounded, not per stream) and cancelled timers (gone at their due time)."""
+    gc.collect()
+    objects = gc.get_objects()
+    contexts = [
+        o
+        for o in objects
+        if isinstance(o, contextvars.Context) and any(isinstance(v, OutboxTransaction) for v in o.values())
+    ]
+    holders: list[object] = []
+    for context in contexts:
+        for holder in gc.get_referrers(context):
+            if holder is objects or holder is contexts or isinstance(holder, types.FrameType):
+                continue
+            if isinstance(holder, asyncio.TimerHandle) and (
+                holder.cancelled() or getattr(holder._callback, "__module__", "").startswith("asyncpg.")
+            ):
+                continue
+            holders.append(holder)
+    return holders
+
+
+async def test_an_open_stream_keeps_nothing_of_the_transaction_it_started_in(harness: Harness) -> None:
+    """Every callback the run registers inside the send's transaction carries the context from before it:
+    one that captured the transaction's context kept its outbox handle alive for as long as the stream was
+    open (~1 KiB per idle stream, bench/memory.py)."""
+    chat_id = await harness.create_chat("fake-standard")
+    harness.fake.script(Script(text="late", ttft_ms=500))
+    response = await harness.client.post(f"{PREFIX}/chats/{chat_id}/messages:stream", json={"content": "hi"})
+    first = await response.content.readuntil(b"\n\n")
+    assert first.startswith(b"event: stream_started")
+    assert _holders_of_transaction_contexts() == []
+    assert (await response.text()).rstrip().split("\n")[-2] == "event: done"
