@@ -12,9 +12,10 @@ import contextvars
 import gc
 import types
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
-from fakes.openai_server import Script
+from fakes.openai_server import DEFAULT_API_KEY, Script
 
 from minichat_host.db.tables import messages
 from minichat_host.outbox.scheduler import OutboxTransaction
@@ -140,30 +141,37 @@ def _holders_of_transaction_contexts() -> list[object]:
     """What keeps alive a context in which an outbox transaction is open, other than asyncpg's timers (its
     statement cache keeps one per statement it prepared, its pool one per connection given back, each with
     the context of that moment: bounded, not per stream) and cancelled timers (gone at their due time)."""
+    # One pass over the heap for all the contexts: the loop (the app's and the fake's) is blocked meanwhile,
+    # and a long block would let the provider's read timeout fire.
     gc.collect()
-    objects = gc.get_objects()
     contexts = [
         o
-        for o in objects
+        for o in gc.get_objects()
         if isinstance(o, contextvars.Context) and any(isinstance(v, OutboxTransaction) for v in o.values())
     ]
-    holders: list[object] = []
-    for context in contexts:
-        for holder in gc.get_referrers(context):
-            if holder is objects or holder is contexts or isinstance(holder, types.FrameType):
-                continue
-            if isinstance(holder, asyncio.TimerHandle) and (
-                holder.cancelled() or getattr(holder._callback, "__module__", "").startswith("asyncpg.")
-            ):
-                continue
-            holders.append(holder)
-    return holders
+    if not contexts:
+        return []
+    return [
+        holder
+        for holder in gc.get_referrers(*contexts)
+        if not (
+            holder is contexts
+            or isinstance(holder, types.FrameType)
+            or (
+                isinstance(holder, asyncio.TimerHandle)
+                and (holder.cancelled() or getattr(holder._callback, "__module__", "").startswith("asyncpg."))
+            )
+        )
+    ]
 
 
-async def test_an_open_stream_keeps_nothing_of_the_transaction_it_started_in(harness: Harness) -> None:
+async def test_an_open_stream_keeps_nothing_of_the_transaction_it_started_in(make_harness: Any) -> None:
     """Every callback the run registers inside the send's transaction carries the context from before it:
     one that captured the transaction's context kept its outbox handle alive for as long as the stream was
     open (~1 KiB per idle stream, bench/memory.py)."""
+    # The heap walk below blocks the loop for a while when the suite has run long: not a read timeout.
+    fake = {"kind": "openai_responses", "api_key": DEFAULT_API_KEY, "read_timeout_seconds": 60.0}
+    harness: Harness = await make_harness(providers={"fake": fake})
     chat_id = await harness.create_chat("fake-standard")
     harness.fake.script(Script(text="late", ttft_ms=500))
     response = await harness.client.post(f"{PREFIX}/chats/{chat_id}/messages:stream", json={"content": "hi"})
