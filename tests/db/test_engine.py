@@ -8,6 +8,7 @@ import datetime as dt
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import databases
@@ -245,6 +246,65 @@ async def test_postgresql_release_sends_no_reset_query(pg_db_url: str) -> None:
         await database.disconnect()
     assert not any("RESET ALL" in query or "pg_advisory_unlock_all" in query for query in sent), sent
     assert sum(query.startswith("SELECT") for query in sent) == 5, sent
+
+
+async def test_postgresql_statements_outside_a_transaction_give_their_connection_back_in_place(
+    pg_db_url: str,
+) -> None:
+    """A statement outside a transaction gives its connection back without asyncpg's shielded release (a
+    task per statement), and the pool ends up whole: every connection idle, none lost or handed out twice."""
+    database = await connect_database(pg_db_url, min_size=2, max_size=2)
+    loop = asyncio.get_running_loop()
+    tasks_created = 0
+    default_factory = loop.get_task_factory()
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        nonlocal tasks_created
+        tasks_created += 1
+        if default_factory is not None:
+            return default_factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await database.fetch_val(sa.text("SELECT 1"))  # the pool's connections are open
+        loop.set_task_factory(counting_factory)
+        try:
+            for number in range(20):
+                assert await database.fetch_val(sa.text(f"SELECT {number}")) == number
+        finally:
+            loop.set_task_factory(default_factory)
+        assert tasks_created == 0
+
+        async def reads(offset: int) -> list[int]:
+            return [await database.fetch_val(sa.text(f"SELECT {offset + n}")) for n in range(10)]
+
+        results = await asyncio.gather(*(reads(100 * task) for task in range(8)))
+        assert results == [[100 * task + n for n in range(10)] for task in range(8)]
+        pool = database._backend._pool  # type: ignore[attr-defined]
+        assert pool.get_size() == 2
+        assert pool.get_idle_size() == 2
+    finally:
+        await database.disconnect()
+
+
+async def test_postgresql_cancelled_statement_leaves_a_usable_pool(pg_db_url: str) -> None:
+    """A statement cancelled while PostgreSQL runs it goes back through asyncpg's own release, which waits
+    for the server-side cancellation: the pool's one connection then serves the next statements."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    try:
+        sleeper = asyncio.ensure_future(database.fetch_val(sa.text("SELECT pg_sleep(30)")))
+        await asyncio.sleep(0.3)
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+        async with asyncio.timeout(10):
+            assert [await database.fetch_val(sa.text(f"SELECT {n}")) for n in range(3)] == [0, 1, 2]
+            async with database.transaction():
+                assert await database.fetch_val(sa.text("SELECT 5")) == 5
+        pool = database._backend._pool  # type: ignore[attr-defined]
+        assert pool.get_idle_size() == 1
+    finally:
+        await database.disconnect()
 
 
 async def test_postgresql_connections_go_to_tasks_in_the_order_they_asked(pg_db_url: str) -> None:
