@@ -423,6 +423,8 @@ async def run_inline_prepared(
     finally:
         cursor.close()
     processors, keymap = metadata._processors, metadata._keymap
+    if mode == "values":
+        return [list(Row(metadata, processors, keymap, row)) for row in rows]
     records = [LeanRecord(Row(metadata, processors, keymap, row), index) for row in rows]
     return records[0] if mode == "one" else records
 
@@ -734,15 +736,23 @@ class _CachedPostgresConnection(PostgresConnection):
             row = await self._connection.fetchrow(derived["sql"], *args)
             return None if row is None else self._lean(row, derived)
         rows = await self._connection.fetch(derived["sql"], *args)
+        if mode == "values":
+            processors = derived["processors"]
+            return [self._processed(row, processors) for row in rows]
         return [self._lean(row, derived) for row in rows]
 
     @staticmethod
-    def _lean(row: Any, derived: dict[str, Any]) -> LeanRecord:
+    def _processed(row: Any, processors: list[tuple[int, Any]]) -> list[Any]:
         values = list(row)
-        for position, processor in derived["processors"]:
+        for position, processor in processors:
             raw = values[position]
             if isinstance(raw, _PROCESSED_TYPES):
                 values[position] = processor(raw)
+        return values
+
+    @classmethod
+    def _lean(cls, row: Any, derived: dict[str, Any]) -> LeanRecord:
+        values = cls._processed(row, derived["processors"])
         return LeanRecord(values, derived["index"])  # type: ignore[arg-type]  # a list serves as the row
 
     async def acquire(self) -> None:

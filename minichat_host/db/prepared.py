@@ -34,7 +34,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
 
-Mode = Literal["all", "one", "execute"]
+Mode = Literal["all", "one", "execute", "values"]
 
 log = logging.getLogger("minichat.db")
 
@@ -121,6 +121,13 @@ class Prepared:
 
     async def fetch_one(self, runner: Any, **values: Any) -> Any:
         return await _runner(runner).run_prepared(self, values, "one")
+
+    async def fetch_values(self, runner: Any, **values: Any) -> list[list[Any]]:
+        """Every row as the list of its values in column order, converted by the column types as a record's
+        are, with no record around them: the pages of the hot listings build their own records from these by
+        position (a record and its lookups cost ~0.6 µs a row, 20-100 rows a page)."""
+        result: list[list[Any]] = await _runner(runner).run_prepared(self, values, "values")
+        return result
 
     async def fetch_val(self, runner: Any, **values: Any) -> Any:
         row = await _runner(runner).run_prepared(self, values, "one")

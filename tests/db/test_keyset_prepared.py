@@ -12,10 +12,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
+from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos import messages as messages_repo
 from minichat_host.db.repos.common import in_values
-from minichat_host.db.repos.pagination import KeysetOrder, PageCursor, Position
+from minichat_host.db.repos.pagination import (
+    KeysetListing,
+    KeysetOrder,
+    PageCursor,
+    Position,
+    _position_indexes,
+)
 from minichat_host.db.repos.reads import _sqlite_utc, _sqlite_uuid, fast_utc, fast_uuid
 from minichat_host.db.tables import UtcDateTime, chats, messages
 
@@ -173,6 +180,79 @@ async def test_message_listing_and_lookup(database: databases.Database) -> None:
     assert found.created_at == BASE and found.created_at.tzinfo is dt.UTC
     assert await messages_repo.get_visible(database, tenant, chat_id, ids[2]) is None  # hidden
     assert await messages_repo.get_visible(database, uuid.uuid4(), chat_id, ids[1]) is None  # other tenant
+
+
+async def test_page_records_are_the_single_reads_records(database: databases.Database) -> None:
+    """The pages are built by position from `fetch_values`; the single reads from records by name. Both
+    must give the same records, with the same value types (plain or asyncpg UUIDs, aware UTC, bool)."""
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    await _insert_chats(database, tenant, user)
+    await database.execute(  # each timestamp its own value: a swapped pair of columns shows
+        chats.update().where(chats.c.tenant_id == tenant).values(updated_at=BASE + dt.timedelta(hours=1))
+    )
+    page = await chats_repo.list_page(
+        database, tenant, user, order=chats_repo.ORDER_UPDATED_DESC, limit=20, cursor=None
+    )
+    assert len(page.items) == 8
+    chat_id = page.items[0].chat.id
+    for item in page.items:
+        single = await chats_repo.get_live_counted(database, tenant, user, item.chat.id)
+        assert item == single
+        chat = item.chat
+        assert (chat.tenant_id, chat.user_id) == (tenant, user)
+        assert isinstance(chat.id, uuid.UUID) and type(chat.is_temporary) is bool
+        assert chat.created_at.tzinfo is dt.UTC and chat.updated_at.tzinfo is dt.UTC
+    for number in range(3):
+        await database.execute(
+            messages.insert().values(
+                id=uuid.uuid4(),
+                tenant_id=tenant,
+                chat_id=chat_id,
+                request_id=uuid.uuid4(),
+                role="assistant",
+                content="" if number == 0 else f"message {number}",
+                model="m" if number else None,
+                input_tokens=0 if number == 0 else 7,
+                output_tokens=11,
+                created_at=BASE + dt.timedelta(microseconds=number),
+            )
+        )
+    for owner in (None, user):
+        listed = await messages_repo.list_visible_page(
+            database,
+            tenant,
+            chat_id,
+            order=messages_repo.ORDER_CREATED_ASC,
+            limit=20,
+            cursor=None,
+            owner=owner,
+        )
+        assert len(listed.items) == 3 and listed.items[0].content == "" and listed.items[0].input_tokens == 0
+        for message in listed.items:
+            assert message == await messages_repo.get_visible(database, tenant, chat_id, message.id)
+            assert isinstance(message.request_id, uuid.UUID) and message.created_at.tzinfo is dt.UTC
+
+
+async def test_fetch_values_are_a_records_values(database: databases.Database) -> None:
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    await _insert_chats(database, tenant, user)
+    statement = Prepared(
+        sa.select(*chats_repo.OWNED_CHAT_COLUMNS, chats.c.message_count)
+        .where(chats_repo.OWNED_LIVE)
+        .order_by(chats.c.updated_at, chats.c.id),
+        "test values",
+    )
+    scope = {"tenant_id": tenant, "user_id": user}
+    values = await statement.fetch_values(database, **scope)
+    records = await statement.fetch_all(database, **scope)
+    assert len(values) == 8 and values == [record.values() for record in records]
+    assert await statement.fetch_values(database, tenant_id=uuid.uuid4(), user_id=user) == []
+
+
+def test_a_listing_must_select_its_orders_columns() -> None:
+    listing = KeysetListing("titles only", columns=(chats.c.title,), table=chats, scope=chats_repo.OWNED_LIVE)
+    with pytest.raises(ValueError, match="does not select the columns of 'updated_at desc'"):
+        _position_indexes(listing, chats_repo.ORDER_UPDATED_DESC)
 
 
 @pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)

@@ -24,7 +24,7 @@ from minichat_host.db.repos.pagination import (
     PageCursor,
     fetch_keyset_page,
 )
-from minichat_host.db.repos.reads import fast_utc, fast_uuid, utc_read, uuid_read
+from minichat_host.db.repos.reads import fast_uuid, utc_read, uuid_read
 from minichat_host.db.tables import attachments, chats, message_attachments, message_reactions, messages
 
 # Oldest first, the original's default; the descending variant serves `$orderby=created_at desc`.
@@ -133,19 +133,20 @@ _OWNED_LISTING: Final = KeysetListing(
 )
 
 
-def _record(chat_id: uuid.UUID, row: Any) -> MessageRecord:
-    """A message of this chat from a row of _MESSAGE_COLUMNS (a prepared statement's), by position."""
-    id_, request_id, role, content, model, input_tokens, output_tokens, created_at = row.values()[:8]
+def _record(chat_id: uuid.UUID, values: Sequence[Any]) -> MessageRecord:
+    """A message of this chat from the values of _MESSAGE_COLUMNS (a prepared statement's), by position: the
+    column types have converted them already."""
+    id_, request_id, role, content, model, input_tokens, output_tokens, created_at = values[:8]
     return MessageRecord(
-        id=fast_uuid(id_),
-        chat_id=chat_id,
-        request_id=None if request_id is None else fast_uuid(request_id),
-        role=role,
-        content=content or "",
-        model=model,
-        input_tokens=int(input_tokens or 0),
-        output_tokens=int(output_tokens or 0),
-        created_at=fast_utc(created_at),
+        id_,
+        chat_id,
+        request_id,
+        role,
+        content or "",
+        model,
+        int(input_tokens or 0),
+        int(output_tokens or 0),
+        created_at,
     )
 
 
@@ -154,7 +155,7 @@ async def get_visible(
 ) -> MessageRecord | None:
     """The message if it is visible in this chat; None when missing, deleted, hidden or in another chat."""
     row = await _GET_VISIBLE.fetch_one(conn, message_id=message_id, tenant_id=tenant_id, chat_id=chat_id)
-    return None if row is None else _record(chat_id, row)
+    return None if row is None else _record(chat_id, row.values())
 
 
 async def list_visible_page(
@@ -187,7 +188,7 @@ async def list_visible_page(
     reactions: dict[uuid.UUID, str] = {}
     with_attachments: list[uuid.UUID] = []
     for item, row in zip(items, page.rows, strict=True):
-        reaction, has_attachments = row.values()[8:]
+        reaction, has_attachments = row[8:]
         if reaction is not None:
             reactions[item.id] = reaction
         if has_attachments:

@@ -77,9 +77,10 @@ class PageCursor:
 
 @dataclass(frozen=True, slots=True)
 class KeysetPage:
-    """Rows of one page in listing order, and the cursors of its neighbours (None at either end)."""
+    """Rows of one page in listing order, and the cursors of its neighbours (None at either end). Each row
+    is the list of its values in the order of the listing's columns (`Prepared.fetch_values`)."""
 
-    rows: list[Any]
+    rows: list[list[Any]]
     next_cursor: PageCursor | None
     prev_cursor: PageCursor | None
 
@@ -153,8 +154,9 @@ def _after(order: KeysetOrder, *, descending: bool, inclusive: bool) -> sa.Colum
     return key >= bound if inclusive else key > bound
 
 
-def _position_of(row: Any, order: KeysetOrder) -> Position:
-    return Position(fast_utc(row[order.primary.name]), fast_uuid(row[order.tiebreak.name]))
+def _position_of(values: Sequence[Any], indexes: tuple[int, int]) -> Position:
+    primary, tiebreak = indexes
+    return Position(fast_utc(values[primary]), fast_uuid(values[tiebreak]))
 
 
 class KeysetListing:
@@ -181,6 +183,16 @@ class KeysetListing:
         self.columns = tuple(columns)
         self.table = table
         self.scope = scope
+
+
+@functools.cache
+def _position_indexes(listing: KeysetListing, order: KeysetOrder) -> tuple[int, int]:
+    """Where `order`'s primary and tiebreak columns are among the listing's (found by name, as labelled)."""
+    names = [column.name for column in listing.columns]  # type: ignore[attr-defined]
+    try:
+        return names.index(order.primary.name), names.index(order.tiebreak.name)
+    except ValueError:
+        raise ValueError(f"listing {listing.name!r} does not select the columns of {order.name!r}") from None
 
 
 @functools.cache
@@ -231,7 +243,7 @@ async def fetch_keyset_page(
     if cursor is not None:
         values["k_primary"] = cursor.position.primary
         values["k_tiebreak"] = cursor.position.tiebreak
-    fetched = await rows_statement.fetch_all(conn, page_limit=limit + 1, **values)
+    fetched = await rows_statement.fetch_values(conn, page_limit=limit + 1, **values)
     more_ahead = len(fetched) > limit
     rows = fetched[:limit]
     if not forward:
@@ -244,8 +256,9 @@ async def fetch_keyset_page(
 
     has_next, has_prev = (more_ahead, more_behind) if forward else (more_behind, more_ahead)
     if rows:
-        next_cursor = PageCursor("next", _position_of(rows[-1], order)) if has_next else None
-        prev_cursor = PageCursor("prev", _position_of(rows[0], order)) if has_prev else None
+        indexes = _position_indexes(listing, order)
+        next_cursor = PageCursor("next", _position_of(rows[-1], indexes)) if has_next else None
+        prev_cursor = PageCursor("prev", _position_of(rows[0], indexes)) if has_prev else None
     else:
         # An empty page (rows vanished, or a cursor past the end): the way back starts at the position
         # itself, including the row there if it still exists.
