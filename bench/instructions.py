@@ -124,11 +124,11 @@ async def count_instructions(
     }
 
 
-def _dumped_totals(data_dir: Path) -> tuple[int, int]:
+def _dumped_totals(data_dir: Path, out_file: str = "callgrind.out") -> tuple[int, int]:
     """(all threads, the main thread) of the dump `callgrind_control --dump` wrote: one file per thread,
     `callgrind.out.1-01` being the main thread's (the event loop's)."""
     totals: dict[int, int] = {}
-    for path in data_dir.glob("callgrind.out.1-*"):
+    for path in data_dir.glob(f"{out_file}.1-*"):
         match = re.search(r"^totals:\s*(\d+)", path.read_text(encoding="utf-8", errors="replace"), re.M)
         if match is not None:
             totals[int(path.name.rsplit("-", 1)[1])] = int(match.group(1))
