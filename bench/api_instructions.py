@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -104,8 +105,7 @@ async def count_checkout(
                 await _send(session, url, pairs[endpoint], args.requests, args.connections)
                 _control("--dump", process.pid)
                 _control("-i", "off", process.pid)
-                process.terminate()
-                process.wait(120)
+                _stop(process)
                 process = None
                 every_thread, main_thread = _dumped_totals(data_dir, out_file.name)
                 counts[endpoint] = {
@@ -115,9 +115,18 @@ async def count_checkout(
                 log(f"  {endpoint}: {every_thread / args.requests / 1e3:.1f} k instructions per request")
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(120)
+            _stop(process)
     return counts
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it has not exited within a minute: the count is dumped."""
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(60)
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -662,6 +662,7 @@ class _CachedPostgresConnection(PostgresConnection):
         self, database: MinichatPostgresBackend, dialect: Dialect, statements: StatementCache
     ) -> None:
         super().__init__(database, dialect)
+        self._backend = database
         self._turns = database.turns
         self._statements = statements
         self._session_state = False
@@ -758,7 +759,13 @@ class _CachedPostgresConnection(PostgresConnection):
     async def acquire(self) -> None:
         await self._turns.acquire()
         try:
-            await super().acquire()
+            assert self._connection is None, "Connection is already acquired"
+            parked = self._backend.take_parked()
+            if parked is not None:
+                self._connection = parked
+            else:
+                await self._backend.release_stale_parked()
+                await super().acquire()
         except BaseException:
             self._turns.release()
             raise
@@ -781,7 +788,9 @@ class _CachedPostgresConnection(PostgresConnection):
                 with contextlib.suppress(Exception):  # a proxy asyncpg already took back raises
                     self._connection.terminate()
             proxy = self._connection
-            if proxy is not None and _releases_in_place(self._database._pool, proxy):
+            if proxy is not None and self._backend.park(proxy):
+                self._connection = None
+            elif proxy is not None and _releases_in_place(self._database._pool, proxy):
                 proxy._con._on_release()
                 await proxy._holder.release(None)
                 self._connection = None
@@ -902,9 +911,62 @@ class MinichatPostgresBackend(PostgresBackend):
         self._statements = StatementCache(self._dialect)
         # Turns at the pool: one per connection it may open.
         self.turns = asyncio.Semaphore(int(self._get_connection_kwargs().get("max_size", 10)))
+        self._parked: list[Any] = []
+        self._stale: list[Any] = []
+        self._parking = True
 
     def connection(self) -> _CachedPostgresConnection:
         return _CachedPostgresConnection(self, self._dialect, self._statements)
+
+    # --- parked connections ---------------------------------------------------------------------------
+    # A connection given back idle is kept here, still acquired from asyncpg's pool, for the next one to
+    # pass the turns gate. asyncpg's acquire and release of a pooled connection (its queue, the holder, a
+    # proxy, a future and an inactivity timer each way) cost ~100k instructions a statement, 8-15% of a hot
+    # JSON request (bench/api_instructions.py); handing a parked one over is a list pop. The gate still
+    # bounds the connections in use to the pool's size: whoever passes it finds a parked connection or, when
+    # none is parked, one free in asyncpg's pool (every parked one counts as in use there).
+    # A connection is parked only when asyncpg's own release would do nothing but take it back (no
+    # transaction, no cancellation, no close due, the empty reset: `_releases_in_place`), and taken from the
+    # park only while that still holds (not closed by the server since, not expired). Parked connections are
+    # not closed for inactivity: up to `pool_max_size` stay open, as an SQLAlchemy QueuePool's do.
+
+    def take_parked(self) -> Any:
+        """The most recently parked connection still fit for use, or None (the unfit ones wait in
+        `_stale` for `release_stale_parked`)."""
+        parked = self._parked
+        while parked:
+            proxy = parked.pop()
+            if _releases_in_place(self._pool, proxy):
+                return proxy
+            self._stale.append(proxy)
+        return None
+
+    async def release_stale_parked(self) -> None:
+        """Give the parked connections found unfit back to asyncpg's pool, which closes or resets them (its
+        release is shielded: a cancellation here does not leave one half given back)."""
+        pool: Any = self._pool
+        while self._stale:
+            await pool.release(self._stale.pop())
+
+    def park(self, proxy: Any) -> bool:
+        """Keep `proxy` for the next acquire instead of releasing it to asyncpg's pool; False when it is not
+        fit for that (the caller releases it as before) or the backend is disconnecting."""
+        if not self._parking or not _releases_in_place(self._pool, proxy):
+            return False
+        self._parked.append(proxy)
+        return True
+
+    async def connect(self) -> None:
+        self._parking = True
+        await super().connect()
+
+    async def disconnect(self) -> None:
+        # asyncpg's close waits for every connection in use to come back: the parked ones first.
+        self._parking = False
+        self._stale.extend(reversed(self._parked))
+        self._parked.clear()
+        await self.release_stale_parked()
+        await super().disconnect()
 
     async def run_prepared_alone(self, prepared: Prepared, values: Mapping[str, Any], mode: Mode) -> Any:
         """A prepared statement outside any connection of the calling task: on a pooled connection that goes

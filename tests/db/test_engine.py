@@ -280,11 +280,105 @@ async def test_postgresql_statements_outside_a_transaction_give_their_connection
 
         results = await asyncio.gather(*(reads(100 * task) for task in range(8)))
         assert results == [[100 * task + n for n in range(10)] for task in range(8)]
-        pool = database._backend._pool  # type: ignore[attr-defined]
-        assert pool.get_size() == 2
-        assert pool.get_idle_size() == 2
+        assert _idle_connections(database) == 2
     finally:
         await database.disconnect()
+
+
+def _idle_connections(database: databases.Database) -> int:
+    """Connections nobody uses: idle in asyncpg's pool, or parked (each parked one a different connection)."""
+    backend: Any = database._backend
+    parked = {id(proxy._con) for proxy in backend._parked}
+    assert len(parked) == len(backend._parked), "a connection parked twice"
+    return int(backend._pool.get_idle_size()) + len(parked)
+
+
+async def _backend_pid(database: databases.Database) -> int:
+    return int(await database.fetch_val(sa.text("SELECT pg_backend_pid()")))
+
+
+async def test_postgresql_an_idle_connection_is_parked_for_the_next_statement(pg_db_url: str) -> None:
+    """A statement's connection is kept (parked) rather than given back to asyncpg's pool, and the next
+    statement, or transaction, takes it; the database disconnects with connections parked."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=2)
+    backend: Any = database._backend
+    try:
+        first = await _backend_pid(database)
+        assert [await _backend_pid(database) for _ in range(5)] == [first] * 5
+        assert len(backend._parked) == 1 and backend._pool.get_idle_size() == 0
+        async with database.transaction():
+            assert await _backend_pid(database) == first
+            assert backend._parked == []
+        assert len(backend._parked) == 1  # parked again once the transaction is over
+        with pytest.raises(asyncpg.PostgresError):
+            async with database.transaction():
+                await database.execute(sa.text("SELECT 1/0"))
+        assert await database.fetch_val(sa.text("SELECT 7")) == 7
+        assert _idle_connections(database) == backend._pool.get_size()
+    finally:
+        async with asyncio.timeout(10):
+            await database.disconnect()
+    assert backend._parked == [] and backend._stale == []
+
+
+async def test_postgresql_a_parked_connection_that_is_no_longer_fit_is_replaced(
+    pg_server: str, pg_db_url: str
+) -> None:
+    """A parked connection the server closed, or that the pool expired, is not used again: the next
+    statement runs on a new connection, and the unfit one goes back to asyncpg's pool."""
+    database = await connect_database(pg_db_url, min_size=1, max_size=1)
+    backend: Any = database._backend
+    try:
+        parked_pid = await _backend_pid(database)
+        assert len(backend._parked) == 1
+        killer = await asyncpg.connect(pg_db_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await killer.fetchval("SELECT pg_terminate_backend($1)", parked_pid)
+        finally:
+            await killer.close()
+        proxy = backend._parked[0]
+        for _ in range(500):  # until asyncpg has seen the connection go (it then detaches the proxy)
+            if proxy._con is None or proxy._con.is_closed():
+                break
+            await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):
+            replacement = await _backend_pid(database)
+        assert replacement != parked_pid
+        assert backend._stale == [] and len(backend._parked) == 1
+
+        await backend._pool.expire_connections()
+        assert await _backend_pid(database) != replacement
+        assert _idle_connections(database) == 1
+    finally:
+        async with asyncio.timeout(10):
+            await database.disconnect()
+
+
+async def test_postgresql_parked_connections_under_mixed_load(pg_db_url: str) -> None:
+    """64 tasks mixing single statements, transactions and failing transactions on a pool of 2 all finish
+    (the turns gate and the park together never leave a task waiting for a connection nobody gives back),
+    and the pool ends whole."""
+    database = await connect_database(pg_db_url, min_size=0, max_size=2)
+
+    async def work(number: int) -> int:
+        if number % 3 == 0:
+            async with database.transaction():
+                return int(await database.fetch_val(sa.text(f"SELECT {number}")))
+        if number % 7 == 0:
+            with pytest.raises(asyncpg.PostgresError):
+                async with database.transaction():
+                    await database.execute(sa.text("SELECT 1/0"))
+            return number
+        return int(await database.fetch_val(sa.text(f"SELECT {number}")))
+
+    try:
+        async with asyncio.timeout(30):
+            for _ in range(3):
+                assert await asyncio.gather(*(work(n) for n in range(64))) == list(range(64))
+        assert _idle_connections(database) == database._backend._pool.get_size()  # type: ignore[attr-defined]
+    finally:
+        async with asyncio.timeout(10):
+            await database.disconnect()
 
 
 async def test_postgresql_cancelled_statement_leaves_a_usable_pool(pg_db_url: str) -> None:
@@ -301,8 +395,7 @@ async def test_postgresql_cancelled_statement_leaves_a_usable_pool(pg_db_url: st
             assert [await database.fetch_val(sa.text(f"SELECT {n}")) for n in range(3)] == [0, 1, 2]
             async with database.transaction():
                 assert await database.fetch_val(sa.text("SELECT 5")) == 5
-        pool = database._backend._pool  # type: ignore[attr-defined]
-        assert pool.get_idle_size() == 1
+        assert _idle_connections(database) == 1
     finally:
         await database.disconnect()
 

@@ -153,10 +153,12 @@ async def test_statements_outside_a_transaction_leave_no_connection_behind(
         pool: Any = database._backend._pool  # type: ignore[attr-defined]
         assert len(pool._idle) == 1 and not pool._idle[0].in_transaction
     else:
-        # Every connection is back in asyncpg's pool, and every turn at it given back.
+        # Every connection is idle, back in asyncpg's pool or parked outside any transaction, and every turn
+        # at the pool given back.
         backend: Any = database._backend  # type: ignore[attr-defined]
         assert backend.turns._value == backend._pool.get_max_size()
-        assert backend._pool.get_idle_size() == backend._pool.get_size()
+        assert backend._pool.get_idle_size() + len(backend._parked) == backend._pool.get_size()
+        assert not any(proxy._con.is_in_transaction() for proxy in backend._parked)
     # The task's later transaction starts cleanly on a connection of its own.
     async with database.transaction():
         await RENAME.fetch_one(database, chat_id=chat["id"], title="renamed")
