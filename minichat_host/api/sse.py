@@ -21,6 +21,7 @@ from typing import Final
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from minichat_host.api.problems import REQUEST_ID_KEY
@@ -48,6 +49,22 @@ def _frame_bytes(frame: SseFrame) -> bytes:
     return b"event: " + frame.event.encode("ascii") + b"\ndata: " + _encoder.encode(frame.data) + b"\n\n"
 
 
+_CHUNK: Final = b"%x\r\n%b\r\n"  # one chunk of a chunked body (RFC 9112 7.1): size in hex, data
+_UNFRAMED: Final = b""  # HTTP/1.0: the body ends with the connection, bytes go out as they are
+
+
+def _direct_framing(writer: AbstractStreamWriter | None) -> bytes | None:
+    """How the later frames may bypass the response's writer: None while it has anything of its own to do
+    (its status line and headers still buffered, compression, a declared length)."""
+    if writer is None or not isinstance(writer, StreamWriter):
+        return None
+    if writer.length is not None or getattr(writer, "_compress", None) is not None:
+        return None
+    if getattr(writer, "_headers_buf", None):  # aiohttp >= 3.11 sends them with the first body write
+        return None
+    return _CHUNK if writer.chunked else _UNFRAMED
+
+
 class _SseResponse(EventSourceResponse):
     """aiohttp-sse's response (headers, chunked, POST allowed, TCP_USER_TIMEOUT for a hung peer) writing
     pre-encoded frames, without the per-response ping task and the per-write timeout.
@@ -72,6 +89,8 @@ class _SseResponse(EventSourceResponse):
             ping_interval=COMMENT_KEEPALIVE_SECONDS,
         )
         self.last_write = time.monotonic()
+        # Set once the first write has sent the status line and headers (`_direct_framing`).
+        self._framing: bytes | None = None
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared:
@@ -86,12 +105,18 @@ class _SseResponse(EventSourceResponse):
 
     async def write_frame(self, frame: SseFrame) -> bool:
         """The domain's `FrameSink`: write one frame now; False when the client is gone."""
-        return await self._write_payload(_frame_bytes(frame), last=frame.is_terminal)
+        payload = _frame_bytes(frame)
+        if not frame.is_terminal and self._wrote_directly(payload):
+            return True
+        return await self._write_payload(payload, last=frame.is_terminal)
 
     async def write_frames(self, frames: Sequence[SseFrame]) -> bool:
         """The domain's `FrameSink`: these frames in one write (one chunk of the chunked body, one send)."""
         payload = b"".join([_frame_bytes(frame) for frame in frames])
-        return await self._write_payload(payload, last=frames[-1].is_terminal)
+        last = frames[-1].is_terminal
+        if not last and self._wrote_directly(payload):
+            return True
+        return await self._write_payload(payload, last=last)
 
     async def _write_payload(self, payload: bytes, *, last: bool) -> bool:
         try:
@@ -102,9 +127,31 @@ class _SseResponse(EventSourceResponse):
             return False
         return True
 
+    def _wrote_directly(self, payload: bytes) -> bool:
+        """Write `payload` as one chunk of the body, framed here, when the response's writer has nothing left
+        to do of its own (`_direct_framing`) and little is queued: True when written. Per token, the writer
+        would take four Python frames and their checks (compression, declared length, buffered headers) to
+        do the same; anything else (the first write, the last, a backlog) goes through `send_raw`."""
+        framing = self._framing
+        if framing is None:
+            return False
+        request = self._req
+        transport = request.transport if request is not None else None
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() + len(payload) >= _QUEUED_BYTES_WITHOUT_TIMEOUT
+        ):
+            return False
+        self.last_write = time.monotonic()
+        transport.write(framing % (len(payload), payload) if framing else payload)
+        return True
+
     async def send_raw(self, payload: bytes, *, last: bool = False) -> None:
         """Write `payload`; `last` ends the response with it (the terminal event and the chunked body's end
         in one write)."""
+        if not last and self._wrote_directly(payload):
+            return
         transport = self._req.transport if self._req is not None else None
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client is gone")
@@ -112,13 +159,15 @@ class _SseResponse(EventSourceResponse):
         write = self.write_eof if last else self.write
         if transport.get_write_buffer_size() + len(payload) < _QUEUED_BYTES_WITHOUT_TIMEOUT:
             await write(payload)
-            return
-        try:
-            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
-                await write(payload)
-        except TimeoutError:
-            self._abort_transport()
-            raise
+        else:
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await write(payload)
+            except TimeoutError:
+                self._abort_transport()
+                raise
+        if not last and self._framing is None:
+            self._framing = _direct_framing(self._payload_writer)
 
 
 class StreamWatches:

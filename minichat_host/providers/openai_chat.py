@@ -168,7 +168,7 @@ def event_parts(sse: SseEvent) -> _ChunkParts:
             finish_reason = choice.finish_reason
     return _ChunkParts(
         response_id=chunk.id,
-        usage=usage_from_chat(chunk.usage),
+        usage=None if chunk.usage is None else usage_from_chat(chunk.usage),  # only the last chunk has one
         texts=tuple(texts),
         finish_reason=finish_reason,
     )
