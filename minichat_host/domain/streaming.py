@@ -340,7 +340,8 @@ class TurnRun:
         held = self._held
         if held:
             self._held = []
-            await self._deliver_frames(held)
+            # Usually the one delta of the read: straight to `_deliver` (this runs once per token).
+            await (self._deliver(held[0]) if len(held) == 1 else self._deliver_frames(held))
 
     async def _interrupted(self) -> None:
         await self._deliver(events.error("stream_interrupted", "The stream ended before the turn finished."))
@@ -453,7 +454,15 @@ class TurnRun:
                     if self._first_token_at is None:
                         self._first_token_at = time.monotonic()
                     self._text.append(event.text)
-                    await self._emit(events.delta(event.text), hold=True)
+                    frame = events.delta(event.text)
+                    if self._direct and not (self._detached or self._terminal_sent):
+                        # `_emit(frame, hold=True)` inline, without a coroutine per token.
+                        self._first_sent = True
+                        self._held.append(frame)
+                        if len(self._held) >= HELD_FRAMES_MAX:
+                            await self._deliver_held()
+                    else:
+                        await self._emit(frame, hold=True)
                     if self._detached:
                         # The write found the client gone: detach() cancelled this task, which takes
                         # effect at its next suspension; stop reading the provider now.
