@@ -20,6 +20,7 @@ Decisions where the original is loose (documented for clients):
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -192,6 +193,27 @@ def _chat_detail(chat: ChatRecord, message_count: int) -> ChatDetail:
     )
 
 
+def _listed_chat(
+    id_: uuid.UUID,
+    model: str,
+    title: str | None,
+    is_temporary: bool,
+    created_at: dt.datetime,
+    updated_at: dt.datetime,
+    message_count: int,
+) -> ChatDetail:
+    """A listed chat's row straight into its response item (`chats_repo.ListedChatBuilder`)."""
+    return ChatDetail(
+        id=id_,
+        model=model,
+        title=title,
+        is_temporary=is_temporary,
+        message_count=message_count,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
 def _dialect_of(database: databases.Database) -> DialectName:
     return dialect_from_url_scheme(str(database.url.scheme))
 
@@ -302,10 +324,16 @@ class ChatService:
         scope = scope_fingerprint("chats", tenant_id, user_id)
         order, cursor = _resolve_page(page, scope=scope, orders=_CHAT_ORDERS, default="desc")
         result = await chats_repo.list_page(
-            self._database, tenant_id, user_id, order=order, limit=page.limit, cursor=cursor
+            self._database,
+            tenant_id,
+            user_id,
+            order=order,
+            limit=page.limit,
+            cursor=cursor,
+            build=_listed_chat,
         )
         return ChatsPage(
-            items=[_chat_detail(item.chat, item.message_count) for item in result.items],
+            items=result.items,
             page_info=_page_info(page.limit, order, scope, result.next_cursor, result.prev_cursor),
         )
 

@@ -205,6 +205,34 @@ async def test_rename_sets_the_title_and_updated_at(client: ClientT, database: d
     assert again["title"] == "New title" and again["updated_at"] == body["updated_at"]
 
 
+async def test_listed_chats_are_the_chats_get_returns(client: ClientT, database: databases.Database) -> None:
+    # The listing builds its items by position from the page's values (`chats_repo.ListedChatBuilder`), the
+    # get by name from a record: both must say the same, field for field. Each chat's two timestamps
+    # differ and one chat has no title, one has messages, one is temporary, so a misplaced value shows.
+    titled = await create_chat(client, title="First")
+    untitled = await create_chat(client)
+    temporary = await create_chat(client, title="Temp")
+    await database.execute(
+        chats.update().where(chats.c.id == uuid.UUID(temporary["id"])).values(is_temporary=True)
+    )
+    await seed_message(database, titled["id"])
+    await seed_message(database, titled["id"])
+    for chat in (titled, untitled, temporary):
+        await asyncio.sleep(0.002)
+        renamed = await client.patch(f"{PREFIX}/chats/{chat['id']}", json={"title": f"Renamed {chat['id']}"})
+        assert renamed.status == 200
+    await client.patch(f"{PREFIX}/chats/{untitled['id']}", json={"title": "x"})
+    listed = await (await client.get(f"{PREFIX}/chats")).json()
+    assert len(listed["items"]) == 3
+    for item in listed["items"]:
+        single = await (await client.get(f"{PREFIX}/chats/{item['id']}")).json()
+        assert item == single
+        assert item["created_at"] != item["updated_at"]
+    by_id = {item["id"]: item for item in listed["items"]}
+    assert by_id[titled["id"]]["message_count"] == 2 and by_id[temporary["id"]]["is_temporary"] is True
+    assert by_id[untitled["id"]]["title"] == "x" and by_id[untitled["id"]]["message_count"] == 0
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

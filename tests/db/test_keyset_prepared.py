@@ -79,11 +79,15 @@ async def test_every_page_shape_of_the_chat_listing(database: databases.Database
     expected = await _expected(database, tenant, user, order)
     assert len(expected) == 8
 
-    def keys(page: chats_repo.ChatPage) -> list[tuple[dt.datetime, uuid.UUID]]:
+    records = chats_repo.counted_chats(tenant, user)
+
+    def keys(page: chats_repo.ChatPage[chats_repo.CountedChat]) -> list[tuple[dt.datetime, uuid.UUID]]:
         return [(item.chat.updated_at, item.chat.id) for item in page.items]
 
-    async def page(cursor: PageCursor | None, limit: int = 3) -> chats_repo.ChatPage:
-        return await chats_repo.list_page(database, tenant, user, order=order, limit=limit, cursor=cursor)
+    async def page(cursor: PageCursor | None, limit: int = 3) -> chats_repo.ChatPage[chats_repo.CountedChat]:
+        return await chats_repo.list_page(
+            database, tenant, user, order=order, limit=limit, cursor=cursor, build=records
+        )
 
     # Forward from the first page to the end, then back again from there.
     first = await page(None)
@@ -191,7 +195,13 @@ async def test_page_records_are_the_single_reads_records(database: databases.Dat
         chats.update().where(chats.c.tenant_id == tenant).values(updated_at=BASE + dt.timedelta(hours=1))
     )
     page = await chats_repo.list_page(
-        database, tenant, user, order=chats_repo.ORDER_UPDATED_DESC, limit=20, cursor=None
+        database,
+        tenant,
+        user,
+        order=chats_repo.ORDER_UPDATED_DESC,
+        limit=20,
+        cursor=None,
+        build=chats_repo.counted_chats(tenant, user),
     )
     assert len(page.items) == 8
     chat_id = page.items[0].chat.id
