@@ -375,25 +375,33 @@ def _reaction_value(value: str | None) -> ReactionValue | None:
     return None
 
 
-def _wire_message(
-    record: messages_repo.MessageRecord,
-    attachments: Sequence[messages_repo.AttachmentSummaryRecord],
+def _listed_message(
+    id_: uuid.UUID,
+    request_id: uuid.UUID | None,
+    role: str,
+    content: str,
+    model: str | None,
+    input_tokens: int,
+    output_tokens: int,
+    created_at: dt.datetime,
     reaction: str | None,
 ) -> Message:
-    assert record.request_id is not None, "hidden messages (no request_id) are never listed"
+    """A listed message's row straight into its response item (`messages_repo.ListedMessageBuilder`); its
+    attachments, when it has some, are set once the page's are read."""
+    assert request_id is not None, "hidden messages (no request_id) are never listed"
     return Message(
-        id=record.id,
-        request_id=record.request_id,
-        role=cast(Role, record.role),
-        content=record.content,
-        model=record.model or None,
+        id=id_,
+        request_id=request_id,
+        role=cast(Role, role),
+        content=content,
+        model=model or None,
         # The original omits a count of 0 as well as a missing one.
-        input_tokens=record.input_tokens or None,
-        output_tokens=record.output_tokens or None,
-        attachments=[_attachment_summary(a) for a in attachments],
+        input_tokens=input_tokens or None,
+        output_tokens=output_tokens or None,
+        attachments=[],
         # Only assistant messages take reactions; anything else reads as none.
-        my_reaction=_reaction_value(reaction) if record.role == "assistant" else None,
-        created_at=record.created_at,
+        my_reaction=None if reaction is None or role != "assistant" else _reaction_value(reaction),
+        created_at=created_at,
     )
 
 
@@ -415,16 +423,27 @@ class MessageService:
         async with self._database.connection() as conn:
             # The owner check rides in the page query; only an empty page asks whether the chat is there.
             result = await messages_repo.list_visible_page(
-                conn, tenant_id, chat_id, order=order, limit=page.limit, cursor=cursor, owner=user_id
+                conn,
+                tenant_id,
+                chat_id,
+                order=order,
+                limit=page.limit,
+                cursor=cursor,
+                owner=user_id,
+                build=_listed_message,
             )
             if not result.items:
                 await self._chats.require_chat(conn, tenant_id, user_id, chat_id)
             attachments = await messages_repo.attachment_summaries(
                 conn, tenant_id, chat_id, result.with_attachments
             )
-        reactions = result.reactions
+        if attachments:
+            for message in result.items:
+                linked = attachments.get(message.id)
+                if linked:
+                    message.attachments = [_attachment_summary(a) for a in linked]
         return MessagesPage(
-            items=[_wire_message(m, attachments.get(m.id, ()), reactions.get(m.id)) for m in result.items],
+            items=result.items,
             page_info=_page_info(page.limit, order, scope, result.next_cursor, result.prev_cursor),
         )
 

@@ -82,6 +82,7 @@ async def test_message_shape_attachments_and_reactions(client: ClientT, database
     await link_attachment(database, chat_id, user_msg, document, created_at=BASE + dt.timedelta(seconds=1))
     await add_reaction(database, assistant_msg, DEV_USER, "dislike")
     await add_reaction(database, zero_tokens, uuid.uuid4(), "like")  # someone else's: never "mine"
+    await add_reaction(database, user_msg, DEV_USER, "like")  # on a user message: read as none
 
     response = await client.get(f"{PREFIX}/chats/{chat_id}/messages")
     assert response.status == 200

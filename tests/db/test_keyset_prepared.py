@@ -154,29 +154,30 @@ async def test_message_listing_and_lookup(database: databases.Database) -> None:
             )
         )
     visible = [ids[0], ids[1], ids[3], ids[4]]
+    records = messages_repo.message_records(chat_id)
     for order in (messages_repo.ORDER_CREATED_ASC, messages_repo.ORDER_CREATED_DESC):
-        records = await database.fetch_all(
+        rows = await database.fetch_all(
             sa.select(messages.c.created_at, messages.c.id).where(in_values(messages.c.id, visible))
         )
         expected = [
             key[1]
             for key in sorted(
-                ((fast_utc(r["created_at"]), fast_uuid(r["id"])) for r in records), reverse=order.descending
+                ((fast_utc(r["created_at"]), fast_uuid(r["id"])) for r in rows), reverse=order.descending
             )
         ]
         first = await messages_repo.list_visible_page(
-            database, tenant, chat_id, order=order, limit=3, cursor=None
+            database, tenant, chat_id, order=order, limit=3, cursor=None, build=records
         )
         assert [m.id for m in first.items] == expected[:3]
         assert all(m.chat_id == chat_id and m.created_at.tzinfo is dt.UTC for m in first.items)
         assert first.next_cursor is not None
         rest = await messages_repo.list_visible_page(
-            database, tenant, chat_id, order=order, limit=3, cursor=first.next_cursor
+            database, tenant, chat_id, order=order, limit=3, cursor=first.next_cursor, build=records
         )
         assert [m.id for m in rest.items] == expected[3:] and rest.next_cursor is None
         assert rest.prev_cursor is not None
         again = await messages_repo.list_visible_page(
-            database, tenant, chat_id, order=order, limit=3, cursor=rest.prev_cursor
+            database, tenant, chat_id, order=order, limit=3, cursor=rest.prev_cursor, build=records
         )
         assert [m.id for m in again.items] == expected[:3]
     found = await messages_repo.get_visible(database, tenant, chat_id, ids[1])
@@ -236,6 +237,7 @@ async def test_page_records_are_the_single_reads_records(database: databases.Dat
             limit=20,
             cursor=None,
             owner=owner,
+            build=messages_repo.message_records(chat_id),
         )
         assert len(listed.items) == 3 and listed.items[0].content == "" and listed.items[0].input_tokens == 0
         for message in listed.items:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import sqlalchemy as sa
 
@@ -61,14 +61,45 @@ class AttachmentSummaryRecord:
     thumbnail_height: int | None
 
 
+_Listed = TypeVar("_Listed")
+
+# What a listing makes of each row, called with its values by position: (id, request_id, role, content,
+# model, input_tokens, output_tokens, created_at, my_reaction), the last the owner's reaction (None without
+# one, and always in a listing without an owner). The service builds its response items with it directly:
+# a record per row in between, and the call that made it an item, cost ~0.6 µs a row.
+ListedMessageBuilder = Callable[
+    [uuid.UUID, uuid.UUID | None, str, str, str | None, int, int, dt.datetime, str | None], _Listed
+]
+
+
+def message_records(chat_id: uuid.UUID) -> ListedMessageBuilder[MessageRecord]:
+    """The builder of a listing's rows as the single reads' `MessageRecord`s (the reaction left out)."""
+
+    def build(
+        id_: uuid.UUID,
+        request_id: uuid.UUID | None,
+        role: str,
+        content: str,
+        model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        created_at: dt.datetime,
+        my_reaction: str | None,
+    ) -> MessageRecord:
+        return MessageRecord(
+            id_, chat_id, request_id, role, content, model, input_tokens, output_tokens, created_at
+        )
+
+    return build
+
+
 @dataclass(frozen=True, slots=True)
-class MessagePage:
-    items: list[MessageRecord]
+class MessagePage(Generic[_Listed]):
+    items: list[_Listed]
     next_cursor: PageCursor | None
     prev_cursor: PageCursor | None
-    # Owner listings only: the owner's reaction per message that has one, and the messages with attachment
-    # links (their summaries are read for those alone; most pages have none).
-    reactions: dict[uuid.UUID, str] = field(default_factory=dict)
+    # Owner listings only: the messages with attachment links (their summaries are read for those alone;
+    # most pages have none).
     with_attachments: list[uuid.UUID] = field(default_factory=list)
 
 
@@ -167,10 +198,12 @@ async def list_visible_page(
     limit: int,
     cursor: PageCursor | None,
     owner: uuid.UUID | None = None,
-) -> MessagePage:
-    """A page of the chat's visible messages; with `owner`, an empty page unless the chat is that user's live
-    chat (the caller then tells a missing chat from an empty one), and the owner's reactions and the messages
-    with attachments alongside."""
+    build: ListedMessageBuilder[_Listed],
+) -> MessagePage[_Listed]:
+    """A page of the chat's visible messages, each row made into an item by `build` (`message_records` for
+    records); with `owner`, an empty page unless the chat is that user's live chat (the caller then tells a
+    missing chat from an empty one), the owner's reaction to each message, and the messages with
+    attachments alongside."""
     scope: dict[str, Any] = {"tenant_id": tenant_id, "chat_id": chat_id}
     if owner is not None:
         scope["user_id"] = owner
@@ -182,22 +215,37 @@ async def list_visible_page(
         limit=limit,
         cursor=cursor,
     )
-    items = [_record(chat_id, row) for row in page.rows]
+    # By position from the values of _MESSAGE_COLUMNS (+ _OWNER_EXTRAS), which the column types converted.
     if owner is None:
+        items = [
+            build(
+                id_, request_id, role, content or "", model, int(ins or 0), int(outs or 0), created_at, None
+            )
+            for id_, request_id, role, content, model, ins, outs, created_at in page.rows
+        ]
         return MessagePage(items=items, next_cursor=page.next_cursor, prev_cursor=page.prev_cursor)
-    reactions: dict[uuid.UUID, str] = {}
+    items = []
     with_attachments: list[uuid.UUID] = []
-    for item, row in zip(items, page.rows, strict=True):
-        reaction, has_attachments = row[8:]
-        if reaction is not None:
-            reactions[item.id] = reaction
-        if has_attachments:
-            with_attachments.append(item.id)
+    for id_, request_id, role, content, model, ins, outs, created_at, reaction, attached in page.rows:
+        items.append(
+            build(
+                id_,
+                request_id,
+                role,
+                content or "",
+                model,
+                int(ins or 0),
+                int(outs or 0),
+                created_at,
+                reaction,
+            )
+        )
+        if attached:
+            with_attachments.append(id_)
     return MessagePage(
         items=items,
         next_cursor=page.next_cursor,
         prev_cursor=page.prev_cursor,
-        reactions=reactions,
         with_attachments=with_attachments,
     )
 
