@@ -165,10 +165,15 @@ def _utc(now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.UTC)
 
 
-def periods_for(now: dt.datetime) -> list[Period]:
+def periods_for(now: dt.datetime) -> tuple[Period, Period]:
     """The quota periods containing `now`: (daily, UTC day) and (monthly, first day of the UTC month)."""
-    today = _utc(now).date()
-    return [Period("daily", today), Period("monthly", today.replace(day=1))]
+    return _periods_of(_utc(now).date())
+
+
+@functools.lru_cache(maxsize=8)
+def _periods_of(today: dt.date) -> tuple[Period, Period]:
+    # Cached: every turn and quota read asks, and the two frozen records change once a day.
+    return (Period("daily", today), Period("monthly", today.replace(day=1)))
 
 
 def next_reset(period_type: PeriodType, now: dt.datetime) -> dt.datetime:
@@ -580,9 +585,10 @@ def quota_status(
     """
     tier_buckets: tuple[tuple[QuotaTier, str], ...] = (("premium", BUCKET_PREMIUM), ("total", BUCKET_TOTAL))
     tiers: list[QuotaTierStatus] = []
+    periods = periods_for(now)
     for tier_name, bucket in tier_buckets:
         period_status: list[QuotaPeriodStatus] = []
-        for period in periods_for(now):
+        for period in periods:
             limit = _limit_for(limits, bucket, period.period_type)
             if limit <= 0:
                 continue

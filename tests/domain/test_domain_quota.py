@@ -234,13 +234,15 @@ def utc(*args: int) -> dt.datetime:
 
 
 def test_periods_are_the_utc_day_and_month() -> None:
-    assert periods_for(utc(2026, 11, 23, 15, 4, 5)) == PERIODS
+    assert list(periods_for(utc(2026, 11, 23, 15, 4, 5))) == PERIODS
 
 
 def test_periods_use_utc_not_the_local_date() -> None:
     minus_two = dt.timezone(dt.timedelta(hours=-2))
     now = dt.datetime(2026, 3, 31, 23, 30, tzinfo=minus_two)  # 2026-04-01 01:30 UTC
-    assert periods_for(now) == [Period("daily", dt.date(2026, 4, 1)), Period("monthly", dt.date(2026, 4, 1))]
+    assert periods_for(now) == (Period("daily", dt.date(2026, 4, 1)), Period("monthly", dt.date(2026, 4, 1)))
+    # Cached per UTC day: the next day's are its own.
+    assert periods_for(now + dt.timedelta(days=1))[0] == Period("daily", dt.date(2026, 4, 2))
 
 
 def test_naive_datetimes_are_refused() -> None:

@@ -71,15 +71,12 @@ async def load_usage(
     values: dict[str, Any] = {"tenant_id": tenant_id, "user_id": user_id}
     for number, period in enumerate(periods):
         values[f"type_{number}"], values[f"start_{number}"] = period.period_type, period.period_start
-    rows = await _usage_statement(len(periods), for_update).fetch_all(db, **values)
+    rows = await _usage_statement(len(periods), for_update).fetch_values(db, **values)
     result: dict[UsageKey, UsageRow] = {}
-    for row in rows:
-        key: UsageKey = (row["period_type"], _as_date(row["period_start"]), row["bucket"])
-        result[key] = UsageRow(
-            spent_credits_micro=int(row["spent_credits_micro"]),
-            reserved_credits_micro=int(row["reserved_credits_micro"]),
-            web_search_calls=int(row["web_search_calls"]),
-            code_interpreter_calls=int(row["code_interpreter_calls"]),
+    # By position, the columns of `_usage_statement` (a record's lookups by name cost ~0.25 µs a value).
+    for period_type, period_start, bucket, spent, reserved, web_search, code_interpreter in rows:
+        result[(period_type, _as_date(period_start), bucket)] = UsageRow(
+            int(spent), int(reserved), int(web_search), int(code_interpreter)
         )
     return result
 
