@@ -1003,6 +1003,9 @@ class _ReleasingTransaction(Transaction):
         if transaction is None:
             if transactions is None or self not in transactions:
                 return
+            if len(transactions) == 1:  # the usual end: no copy of a map that would be left empty
+                _ACTIVE_TRANSACTIONS.set(None)
+                return
             transactions = transactions.copy()
             del transactions[self]
             _ACTIVE_TRANSACTIONS.set(transactions if len(transactions) else None)
