@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +36,13 @@ from minichat_host.providers.base import (
     estimate_request_tokens,
     estimate_tokens,
 )
+from minichat_host.providers.sse import SseParser
 from minichat_host.providers.upstream import (
     UpstreamClient,
     as_int,
     decode_event_json,
     error_code_from_upstream,
-    sse_events,
+    read_sse,
 )
 
 SNIPPET_LIMIT = 500
@@ -361,32 +361,38 @@ class OpenAIResponsesProvider:
         terminal: list[StreamEvent] = []
         posted = self._client.post(endpoint, responses_body(request, stream=True))
         del request  # the prompt is not kept for the length of the stream (state has what the end needs)
-        async with posted as response, aclosing(sse_events(response)) as events:
-            async for sse in events:
-                if sse.data.strip() == "[DONE]":
-                    continue
-                event = decode_event_json(sse)
-                kind = str(event.get("type") or sse.event)
-                # A refusal is what the user gets to read instead of an answer: relay it like text.
-                if kind in ("response.output_text.delta", "response.refusal.delta"):
-                    delta = state.text_delta(event)
-                    if delta is not None:
-                        yield delta
-                elif kind in ("response.completed", "response.incomplete"):
-                    terminal = self._finish(state, event, incomplete=kind == "response.incomplete")
-                    break
-                elif kind == "response.failed":
-                    failed = event.get("response")
-                    raise _failure(
-                        failed.get("error") if isinstance(failed, dict) else None, "response failed"
-                    )
-                elif kind == "error":
-                    raise _failure(
-                        event.get("error") if isinstance(event.get("error"), dict) else event, "error"
-                    )
-                else:
-                    for mapped in self._other(state, kind, event):
-                        yield mapped
+        parser = SseParser()
+        async with posted as response:
+            # Read here rather than through an event generator: one generator less for every token to pass.
+            while not terminal and (batch := await read_sse(response, parser)) is not None:
+                # Popped: neither an event nor its JSON stays referenced while the next read is awaited.
+                batch.reverse()
+                while batch and not terminal:
+                    sse = batch.pop()
+                    if sse.data.strip() == "[DONE]":
+                        continue
+                    event = decode_event_json(sse)
+                    kind = str(event.get("type") or sse.event)
+                    # A refusal is what the user gets to read instead of an answer: relay it like text.
+                    if kind in ("response.output_text.delta", "response.refusal.delta"):
+                        delta = state.text_delta(event)
+                        if delta is not None:
+                            yield delta
+                    elif kind in ("response.completed", "response.incomplete"):
+                        terminal = self._finish(state, event, incomplete=kind == "response.incomplete")
+                        break
+                    elif kind == "response.failed":
+                        failed = event.get("response")
+                        raise _failure(
+                            failed.get("error") if isinstance(failed, dict) else None, "response failed"
+                        )
+                    elif kind == "error":
+                        raise _failure(
+                            event.get("error") if isinstance(event.get("error"), dict) else event, "error"
+                        )
+                    else:
+                        for mapped in self._other(state, kind, event):
+                            yield mapped
         if not terminal:
             raise ProviderError(
                 "provider_error", "the provider ended the stream before the response completed"

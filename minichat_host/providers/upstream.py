@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -242,20 +241,14 @@ class PostedRequest:
             response.release()
 
 
-async def sse_events(response: http1.Http1Response) -> AsyncGenerator[SseEvent, None]:
-    """Each SSE event as soon as its bytes arrive (no buffering beyond the event itself)."""
-    parser = SseParser()
+async def read_sse(response: http1.Http1Response, parser: SseParser) -> list[SseEvent] | None:
+    """The SSE events the response's next bytes complete, as soon as they arrive (possibly none: part of
+    an event); None at the end of the body. Transport failures come out as `ProviderError`."""
     try:
-        while chunk := await response.read_chunk():
-            # Popped rather than iterated: neither the chunk nor its last event stays referenced from this
-            # frame while the next chunk is awaited (an idle stream holds only what it must).
-            completed = parser.feed(chunk)
-            del chunk
-            completed.reverse()
-            while completed:
-                yield completed.pop()
+        chunk = await response.read_chunk()
     except (TimeoutError, http1.HttpClientError, OSError) as exc:
         raise error_from_exception(exc, during="streaming") from exc
+    return parser.feed(chunk) if chunk else None
 
 
 def decode_event_json(event: SseEvent) -> dict[str, Any]:
