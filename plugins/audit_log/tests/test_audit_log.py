@@ -238,3 +238,36 @@ def test_concurrent_writers_never_interleave_lines(tmp_path: Path) -> None:
     prompts = [w["event"]["prompt"] for path in files for w in lines(path)]
     assert len(prompts) == 400
     assert len(set(prompts)) == 400
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("BEARER abc123 then", "BEARER [REDACTED] then"),
+        ("x bEaReR\tabc123", "x bEaReR [REDACTED]"),
+        ("key=sk-live0123456789", "key=sk-[REDACTED]"),
+        ("sk-short and bearer", "sk-short and bearer"),  # the literal parts alone are not secrets
+        ("plain text " * 200, "plain text " * 200),
+    ],
+)
+def test_redaction_finds_every_spelling_the_patterns_match(text: str, expected: str) -> None:
+    assert Redactor([]).redact_text(text) == expected
+
+
+def test_secret_keys_stay_recognized_past_the_key_memo() -> None:
+    redactor = Redactor(["token"])
+    for round_ in range(2):  # the second round answers from the memo (cleared once it is full)
+        for index in range(5000):
+            assert redactor.is_secret_key(f"k{index}_token")
+            assert not redactor.is_secret_key(f"k{index}_tokens")
+        assert redactor.is_secret_key("Access-Token"), round_
+
+
+@pytest.mark.parametrize(
+    ("count", "kept"), [(MAX_STRING_BYTES // 4, True), (MAX_STRING_BYTES // 4 + 1, False)]
+)
+def test_truncation_counts_bytes_at_the_four_byte_boundary(count: int, kept: bool) -> None:
+    text = "🙂" * count
+    cleaned = Redactor([]).clean({"s": text})["s"]
+    assert (cleaned == text) is kept
+    assert len(cleaned.encode("utf-8")) <= MAX_STRING_BYTES
