@@ -343,21 +343,15 @@ class Http1Response(asyncio.Protocol):
 
     async def wait_headers(self) -> None:
         while not self._headers_done:
-            await self._wait()
+            await self._armed_waiter()
 
     async def read_chunk(self) -> bytes:
         """The body's bytes received since the last call, waiting for some; b"" at the end of the body."""
         while not self._body:
             if self._message_done:
                 return b""
-            # `_wait()` inline: one coroutine less in the chain every streamed token resumes.
-            waiter = self._armed_waiter()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-            if self._error is not None:
-                raise self._error
+            # The future itself, not a coroutine around it: one frame less for every streamed token to resume.
+            await self._armed_waiter()
         body = self._body
         chunk = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
@@ -412,17 +406,9 @@ class Http1Response(asyncio.Protocol):
             self._client._forget(self)
 
     # --- waiting -------------------------------------------------------------------------------------
-    async def _wait(self) -> None:
-        waiter = self._armed_waiter()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-        if self._error is not None:
-            raise self._error
-
     def _armed_waiter(self) -> asyncio.Future[None]:
-        """The future the next bytes (or the end, or a failure) resolve, with the read timeout armed."""
+        """The future the next bytes or the end resolve (`_wake`), or a failure fails, with the read timeout
+        armed. Whoever resolves it also forgets it, so nothing is left to do after the await."""
         if self._error is not None:
             raise self._error
         loop = asyncio.get_running_loop()
@@ -443,14 +429,21 @@ class Http1Response(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         due = self._read_since + timeout
         if loop.time() >= due:
+            self._waiter = None
             waiter.set_exception(ReadTimeout("the provider sent nothing within the read timeout"))
         else:
             self._read_timer = loop.call_at(due, self._check_read_timeout)
 
     def _wake(self) -> None:
+        """Resolve the waiter: bytes, the headers or the end arrived; or fail it with `_error`."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                if self._error is not None:
+                    waiter.set_exception(self._error)
+                else:
+                    waiter.set_result(None)
 
     def _fail(self, error: HttpClientError) -> None:
         if self._error is None:

@@ -297,6 +297,22 @@ async def test_broken_servers(
         client.close()
 
 
+async def test_bytes_that_arrived_before_a_failure_are_read_first(
+    raw: RawServer, client: http1.Http1Client
+) -> None:
+    # The head, a chunk and a malformed chunk size in one write: parsed in one go, the failure comes after
+    # the bytes before it, and each read gets what it would have got had they arrived apart.
+    raw.replies.append(reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"))
+    response = await client.post(raw.url + "/x", {}, {}, b"")
+    assert response.status == 200
+    assert await response.read_chunk() == b"abc"
+    with pytest.raises(http1.ConnectionBroken):
+        await response.read_chunk()
+    with pytest.raises(http1.ConnectionBroken):  # and again: the failure stays
+        await response.read_chunk()
+    response.close()
+
+
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
