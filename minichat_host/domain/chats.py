@@ -419,24 +419,26 @@ class MessageService:
         page for the messages that have some (no N+1)."""
         scope = scope_fingerprint("messages", tenant_id, user_id, chat_id)
         order, cursor = _resolve_page(page, scope=scope, orders=_MESSAGE_ORDERS, default="asc")
-        # One connection, no transaction: on SQLite every transaction takes the write lock.
-        async with self._database.connection() as conn:
-            # The owner check rides in the page query; only an empty page asks whether the chat is there.
-            result = await messages_repo.list_visible_page(
-                conn,
-                tenant_id,
-                chat_id,
-                order=order,
-                limit=page.limit,
-                cursor=cursor,
-                owner=user_id,
-                build=_listed_message,
-            )
-            if not result.items:
-                await self._chats.require_chat(conn, tenant_id, user_id, chat_id)
-            attachments = await messages_repo.attachment_summaries(
-                conn, tenant_id, chat_id, result.with_attachments
-            )
+        # No transaction (on SQLite every transaction takes the write lock), and no connection held across the
+        # statements either: usually there is one (the page), and a statement on the database itself runs on
+        # a pooled connection without databases' per-connection bookkeeping (db/engine.py `run_prepared`).
+        conn = self._database
+        # The owner check rides in the page query; only an empty page asks whether the chat is there.
+        result = await messages_repo.list_visible_page(
+            conn,
+            tenant_id,
+            chat_id,
+            order=order,
+            limit=page.limit,
+            cursor=cursor,
+            owner=user_id,
+            build=_listed_message,
+        )
+        if not result.items:
+            await self._chats.require_chat(conn, tenant_id, user_id, chat_id)
+        attachments = await messages_repo.attachment_summaries(
+            conn, tenant_id, chat_id, result.with_attachments
+        )
         if attachments:
             for message in result.items:
                 linked = attachments.get(message.id)
