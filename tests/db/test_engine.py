@@ -177,6 +177,43 @@ async def test_a_finished_transaction_leaves_no_map_in_the_context(database: dat
     assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 3
 
 
+async def test_nested_entries_of_a_task_connection_give_it_back_once_after_the_last(
+    database: databases.Database,
+) -> None:
+    # Entries while the task holds its connection only count (no lock round trip); the connection goes back
+    # to the pool when the outermost one exits, also when an inner one raises, and other tasks keep theirs.
+    row_id = await _insert_usage_row(database)
+    calls = quota_usage.c.calls
+    connection: Any = database.connection()
+    backend = connection._connection
+    async with connection:
+        raw = backend.raw_connection
+        async with connection:
+            with pytest.raises(RuntimeError):
+                async with connection:
+                    assert connection._connection_counter == 3
+                    raise RuntimeError("inner")
+            assert connection._connection_counter == 2
+            assert backend.raw_connection is raw  # the same connection throughout
+
+            async def other_task() -> int:
+                other: Any = database.connection()
+                assert other is not connection
+                async with other, other:
+                    value = await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id))
+                assert other._connection_counter == 0
+                return int(value)
+
+            assert await asyncio.create_task(other_task()) == 0
+        assert connection._connection_counter == 1
+    assert connection._connection_counter == 0
+    with pytest.raises(AssertionError, match="not acquired"):
+        backend.raw_connection  # noqa: B018  (given back: databases' own check)
+    async with database.transaction():  # and the task takes a connection again
+        await database.execute(quota_usage.update().where(quota_usage.c.id == row_id).values(calls=4))
+    assert await database.fetch_val(sa.select(calls).where(quota_usage.c.id == row_id)) == 4
+
+
 async def test_utc_datetime_round_trips_as_aware_utc(database: databases.Database) -> None:
     plus_two = dt.timezone(dt.timedelta(hours=2))
     created = dt.datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=plus_two)
