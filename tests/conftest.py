@@ -7,24 +7,40 @@
 - `database`: a connected `databases.Database` on `migrated_db_url`.
 - `sqlite_db_url` / `sqlite_migrated_db_url` / `pg_db_url`: single-engine variants (fresh databases).
 
+Event loops: every async test runs on asyncio's loop; a test or module marked `both_loops` runs on uvloop as
+well (`server.event_loop: uvloop`, whose transports are not asyncio's classes).
+
 A migrated database is a copy of a template migrated once per session (a file copy on SQLite,
 `CREATE DATABASE ... TEMPLATE` on PostgreSQL): the same schema as running `aupgrade` in every test, faster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import databases
 import pg
 import pytest
+import uvloop
 
 from minichat_host.db import migrate
 from minichat_host.db.engine import connect_database
 
 ENGINES = ("sqlite", "postgresql")
+_ASYNCIO_ONLY: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+_BOTH_LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    **_ASYNCIO_ONLY,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return _BOTH_LOOPS if item.get_closest_marker("both_loops") is not None else _ASYNCIO_ONLY
 
 
 def sqlite_url(path: Path) -> str:

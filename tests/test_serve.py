@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -34,11 +36,13 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> dict[str, str]:
     raise AssertionError("server did not become healthy")
 
 
-def test_serve_embedded_defaults_and_graceful_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_serve_embedded_defaults_and_graceful_sigterm(tmp_path: Path, event_loop: str) -> None:
     port = _free_port()
     config = tmp_path / "minichat.yaml"
     # Embedded defaults, plus a slow local model so a stream is still running when SIGTERM arrives.
-    config.write_text(f"server:\n  port: {port}\nstreaming:\n  local_token_delay_seconds: 0.05\n")
+    server = f"server:\n  port: {port}\n  event_loop: {event_loop}\n"
+    config.write_text(f"{server}streaming:\n  local_token_delay_seconds: 0.05\n")
     env = {**os.environ, "MINICHAT_HOME": str(tmp_path / "home"), "MINICHAT_CONFIG": str(config)}
     env.pop("MINICHAT_LOAD_PLUGINS", None)
     proc = subprocess.Popen(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,18 +25,21 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
-def _install_event_loop(choice: str) -> None:
-    """`server.event_loop`: the standard loop unless uvloop is asked for (or `auto` and installed)."""
+def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """`server.event_loop`: None (run_app's standard loop) unless uvloop is asked for (or `auto` and
+    installed). A factory handed to run_app, not `uvloop.install()`: event loop policies are deprecated
+    (uvloop warns from Python 3.12)."""
     if choice == "asyncio":
-        return
+        return None
     try:
         import uvloop
     except ImportError:
         if choice == "uvloop":
             message = "server.event_loop is 'uvloop' but the uvloop package is not installed"
             raise ConfigError(message) from None
-        return
-    uvloop.install()
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -43,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
-    _install_event_loop(config.server.event_loop)  # first: a config error leaves logging alone
+    loop_factory = _event_loop_factory(config.server.event_loop)  # first: a config error leaves logging alone
     configure_logging(config.server.log_level, config.server.log_format)
     check_bind_allowed(config)
     app = create_app(config)
@@ -51,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
     # run_app turns SIGTERM/SIGINT into a graceful exit: stop accepting, let in-flight requests finish.
     web.run_app(
         app,
+        loop=loop_factory() if loop_factory is not None else None,
         host=config.server.host,
         port=config.server.port,
         shutdown_timeout=config.server.shutdown_timeout_seconds,

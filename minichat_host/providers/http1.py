@@ -15,7 +15,7 @@ import asyncio
 import ssl
 import zlib
 from functools import lru_cache
-from typing import Final
+from typing import Final, cast
 from urllib.parse import urlencode, urlsplit
 
 import httptools
@@ -242,8 +242,9 @@ class Http1Response(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's transports implement asyncio.Transport's methods
+        # without deriving from it (an assert here failed every model call under `server.event_loop: uvloop`).
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 
 from minichat_host.cli import main
 from minichat_host.cli.exit_codes import ExitCode
-from minichat_host.cli.serve import _install_event_loop
+from minichat_host.cli.serve import _event_loop_factory
 from minichat_host.config import ConfigError, load_config
 
 
@@ -21,12 +22,15 @@ def _uvloop_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
 
 
-def _uvloop_present(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    installed: list[str] = []
+def _uvloop_stand_in(monkeypatch: pytest.MonkeyPatch) -> Callable[[], asyncio.AbstractEventLoop]:
     module = types.ModuleType("uvloop")
-    module.install = lambda: installed.append("uvloop")  # type: ignore[attr-defined]
+
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        raise AssertionError("only handed over, not called")
+
+    module.new_event_loop = new_event_loop  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uvloop", module)
-    return installed
+    return new_event_loop
 
 
 def test_the_default_is_the_standard_loop(tmp_path: Path) -> None:
@@ -36,29 +40,40 @@ def test_the_default_is_the_standard_loop(tmp_path: Path) -> None:
 
 
 def test_asyncio_never_imports_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
-    installed = _uvloop_present(monkeypatch)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # an import would raise
     policy = asyncio.get_event_loop_policy()
-    _install_event_loop("asyncio")
-    assert installed == []
+    assert _event_loop_factory("asyncio") is None
     assert asyncio.get_event_loop_policy() is policy
 
 
-def test_uvloop_and_auto_install_it_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    installed = _uvloop_present(monkeypatch)
-    _install_event_loop("uvloop")
-    _install_event_loop("auto")
-    assert installed == ["uvloop", "uvloop"]
+def test_uvloop_and_auto_hand_over_its_loop_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    new_event_loop = _uvloop_stand_in(monkeypatch)
+    policy = asyncio.get_event_loop_policy()
+    assert _event_loop_factory("uvloop") is new_event_loop
+    assert _event_loop_factory("auto") is new_event_loop
+    assert asyncio.get_event_loop_policy() is policy  # no global policy installed
+
+
+def test_the_real_uvloop_factory_makes_a_uvloop_loop() -> None:
+    factory = _event_loop_factory("uvloop")
+    assert factory is not None
+    loop = factory()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+        assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+    finally:
+        loop.close()
 
 
 def test_auto_falls_back_when_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     _uvloop_missing(monkeypatch)
-    _install_event_loop("auto")  # no error: the standard loop stays
+    assert _event_loop_factory("auto") is None  # no error: the standard loop
 
 
 def test_uvloop_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     _uvloop_missing(monkeypatch)
     with pytest.raises(ConfigError, match="uvloop package is not installed"):
-        _install_event_loop("uvloop")
+        _event_loop_factory("uvloop")
 
 
 def test_serve_exits_2_when_uvloop_is_missing(

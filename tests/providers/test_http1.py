@@ -34,6 +34,8 @@ from minichat_host.providers.base import (
 from minichat_host.providers.openai_chat import OpenAIChatProvider
 from minichat_host.providers.openai_responses import OpenAIResponsesProvider
 
+pytestmark = pytest.mark.both_loops  # the provider client on asyncio's loop and on uvloop's
+
 Reply = Callable[[bytes], list[bytes | float]]  # request head + body -> writes (bytes) and pauses (seconds)
 
 

@@ -31,6 +31,8 @@ from minichat_host.providers.openai_chat import OpenAIChatProvider, _chunk_parts
 from minichat_host.providers.sse import SseEvent
 from minichat_host.providers.upstream import decode_event_json
 
+pytestmark = pytest.mark.both_loops  # the provider client on asyncio's loop and on uvloop's
+
 TENANT = "tenant-1"
 
 

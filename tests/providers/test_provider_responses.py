@@ -35,6 +35,8 @@ from minichat_host.providers.base import (
 )
 from minichat_host.providers.openai_responses import OpenAIResponsesProvider, attachment_id_from_filename
 
+pytestmark = pytest.mark.both_loops  # the provider client on asyncio's loop and on uvloop's
+
 TENANT = "tenant-1"
 CHAT_ID = "0b6f4b1e-3f0c-4d7c-9d55-1f2a3b4c5d6e"
 ATTACHMENT_ID = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"

@@ -8,6 +8,8 @@ import pytest
 
 from minichat_host.providers.sse import SseEvent, SseParser
 
+pytestmark = pytest.mark.both_loops  # the provider client on asyncio's loop and on uvloop's
+
 STREAM = (
     "\ufeff: a comment first\r\n"
     "event: response.created\r\n"

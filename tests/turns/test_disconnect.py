@@ -16,6 +16,8 @@ from minichat_host.api import sse
 from minichat_host.domain.credits import credits_micro
 from turns.conftest import PREFIX, Harness
 
+pytestmark = pytest.mark.both_loops  # the server and the provider client on asyncio's loop and on uvloop's
+
 STANDARD_IN, STANDARD_OUT = 1_000_000, 3_000_000
 
 

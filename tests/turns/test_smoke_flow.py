@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from turns.conftest import PREFIX, Harness, assert_grammar
+
+pytestmark = pytest.mark.both_loops  # the server and the provider client on asyncio's loop and on uvloop's
 
 
 async def test_two_turns_four_messages_reactions_and_turns(harness: Harness) -> None:

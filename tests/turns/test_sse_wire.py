@@ -9,9 +9,12 @@ import socket
 import uuid
 
 import msgspec
+import pytest
 from fakes.openai_server import Script
 
 from turns.conftest import PREFIX, Harness, assert_grammar, parse_sse
+
+pytestmark = pytest.mark.both_loops  # the server and the provider client on asyncio's loop and on uvloop's
 
 # Tokens longer than 9 bytes: a chunk size written in decimal instead of hex would be caught.
 TOKENS = [f"token-{i:02d}-{'x' * (i * 7)} " for i in range(12)]

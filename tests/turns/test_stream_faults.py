@@ -16,6 +16,8 @@ from fakes.openai_server import CodeInterpreterScript, Script, WebSearchScript
 from minichat_host.domain.credits import credits_micro
 from turns.conftest import PREFIX, Harness, assert_grammar
 
+pytestmark = pytest.mark.both_loops  # the server and the provider client on asyncio's loop and on uvloop's
+
 STANDARD_IN, STANDARD_OUT = 1_000_000, 3_000_000
 PREMIUM_IN, PREMIUM_OUT = 3_000_000, 15_000_000
 
