@@ -30,10 +30,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import jwt
@@ -283,10 +283,6 @@ def _fake_main(argv: Sequence[str]) -> int:
     parser.add_argument("--stamp-tokens", action="store_true")
     parser.add_argument("--stall-after-start", type=float, default=None, help="seconds silent after headers")
     args = parser.parse_args(argv)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
     from fakes.openai_server import FakeOpenAI, Script
 
     script = Script(
@@ -314,8 +310,23 @@ def _fake_main(argv: Sequence[str]) -> int:
         finally:
             await fake.stop()
 
-    asyncio.run(serve())
+    run_on_fast_loop(serve())
     return 0
+
+
+T = TypeVar("T")
+
+
+def run_on_fast_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on uvloop when it is installed (the load side and the fake provider: the lighter
+    they are, the less they take from the server under test on a shared machine); a loop factory, since
+    `uvloop.install()` and event loop policies are deprecated."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 # --- minichat -----------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from common import (  # bench/common.py, next to this file
     postgres_database,
     progress,
     raise_open_file_limit,
+    run_on_fast_loop,
     save_results,
     start_fake,
     start_litellm,
@@ -597,11 +598,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    results = asyncio.run(run(args))
+    results = run_on_fast_loop(run(args))
     text, data = report(results, args)
     print(text)
     path = save_results("stream", data)
