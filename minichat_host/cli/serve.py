@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,8 @@ from aiohttp import web
 from minichat_host.app import create_app
 from minichat_host.auth import check_bind_allowed
 from minichat_host.cli.exit_codes import ExitCode
-from minichat_host.config import ConfigError, load_config
+from minichat_host.config import Config, ConfigError, load_config
+from minichat_host.listener import AcceptAllSite
 from minichat_host.logs import configure_logging
 
 
@@ -26,8 +28,8 @@ async def _freeze_startup_objects(app: web.Application) -> None:
 
 
 def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """`server.event_loop`: None (run_app's standard loop) unless uvloop is asked for (or `auto` and
-    installed). A factory handed to run_app, not `uvloop.install()`: event loop policies are deprecated
+    """`server.event_loop`: None (asyncio's standard loop) unless uvloop is asked for (or `auto` and
+    installed). A factory for the runner, not `uvloop.install()`: event loop policies are deprecated
     (uvloop warns from Python 3.12)."""
     if choice == "asyncio":
         return None
@@ -42,6 +44,29 @@ def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] 
     return factory
 
 
+async def _serve_until_signalled(app: web.Application, config: Config) -> None:
+    """Serve `app` until SIGTERM/SIGINT, then stop gracefully: stop accepting, let in-flight requests
+    finish (up to `server.shutdown_timeout_seconds`), run the cleanup contexts.
+
+    aiohttp's runner API rather than `run_app`, whose listener on uvloop lets in one new connection per
+    loop iteration (`minichat_host.listener`)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
+    await runner.setup()
+    try:
+        site = AcceptAllSite(runner, config.server.host, config.server.port)
+        await site.start()
+        print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.host:
@@ -53,16 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
     check_bind_allowed(config)
     app = create_app(config)
     app.on_startup.append(_freeze_startup_objects)  # after the cleanup contexts: everything is loaded
-    # run_app turns SIGTERM/SIGINT into a graceful exit: stop accepting, let in-flight requests finish.
-    web.run_app(
-        app,
-        loop=loop_factory() if loop_factory is not None else None,
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_timeout_seconds,
-        access_log=None,
-        print=lambda msg: print(msg, flush=True),
-    )
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve_until_signalled(app, config))
     return ExitCode.OK
 
 
