@@ -16,11 +16,12 @@ import asyncio
 import errno
 import logging
 import socket
-import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from minichat_host.scheduling import start_eagerly
 
 log = logging.getLogger("minichat.listener")
 
@@ -126,7 +127,7 @@ class AcceptAllServer(asyncio.AbstractServer):
 
     def _connect(self, conn: socket.socket) -> None:
         setup = self._loop.connect_accepted_socket(self._protocol_factory, conn)
-        task = _start_eagerly(self._loop, setup)
+        task = start_eagerly(self._loop, setup)  # the transport reads from this step on
         if task.done():
             self._connected(task)
             return
@@ -137,13 +138,6 @@ class AcceptAllServer(asyncio.AbstractServer):
         self._connecting.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("an accepted connection could not be set up: %s", exc)
-
-
-def _start_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    # The transport is made (and starts reading) in this loop step, not one turn later (Python 3.12+).
-    if sys.version_info >= (3, 12):
-        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
-    return loop.create_task(coro)
 
 
 async def _bind(host: str | None, port: int, backlog: int) -> list[socket.socket]:

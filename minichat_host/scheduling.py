@@ -11,6 +11,12 @@ was a millisecond added to a chunk or a first token (bench/stream.py).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -29,3 +35,21 @@ async def after_ready_io() -> None:
     waiter = loop.create_future()
     loop.call_later(0, _wake, waiter)
     await waiter
+
+
+def start_eagerly(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    *,
+    name: str | None = None,
+    context: contextvars.Context | None = None,
+) -> asyncio.Task[T]:
+    """A task whose first step runs now, in the caller's loop step (Python 3.12+), not one loop turn later.
+
+    A relay's pump sends the upstream request in its first step, and an accepted connection's transport
+    starts reading in its: one loop turn on a loop relaying thousands of chunks a second was ~1-2 ms of
+    added time to first token at concurrency 10.
+    """
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True, context=context)  # type: ignore[call-arg]
+    return loop.create_task(coro, name=name, context=context)

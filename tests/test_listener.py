@@ -46,6 +46,16 @@ def _connect_clients(port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
 
 
+def _close_all(
+    server: AcceptAllServer, made: list[asyncio.BaseTransport], clients: list[socket.socket]
+) -> None:
+    for transport in made:
+        transport.close()
+    for client in clients:
+        client.close()
+    server.close()
+
+
 async def test_one_readiness_accepts_every_pending_connection(listening: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     made: list[asyncio.BaseTransport] = []
@@ -61,11 +71,7 @@ async def test_one_readiness_accepts_every_pending_connection(listening: socket.
         await asyncio.sleep(0.05)
         assert len(made) == 40
     finally:
-        for transport in made:
-            transport.close()
-        for client in clients:
-            client.close()
-        server.close()
+        _close_all(server, made, clients)
     assert server.sockets == ()
     assert listening.fileno() == -1  # closed with the server
 
@@ -135,9 +141,5 @@ async def test_out_of_descriptors_stops_accepting_for_a_while_then_resumes(
         await asyncio.wait_for(all_made.wait(), 10)  # accepted once the pause is over
         assert server.is_serving()
     finally:
-        for transport in made:
-            transport.close()
-        for client in clients:
-            client.close()
-        server.close()
+        _close_all(server, made, clients)
     assert not server.is_serving()

@@ -28,12 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from minichat_host.domain import events
 from minichat_host.domain.finalize import FinalizeResult, TurnOutcome, error_message
@@ -48,7 +47,7 @@ from minichat_host.providers.base import (
     ToolEvent,
     Usage,
 )
-from minichat_host.scheduling import after_ready_io
+from minichat_host.scheduling import after_ready_io, start_eagerly
 
 log = logging.getLogger("minichat.turns")
 
@@ -90,24 +89,6 @@ class _ToolLimitExceeded(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
-
-
-def _start_eagerly(
-    loop: asyncio.AbstractEventLoop,
-    coro: Coroutine[Any, Any, T],
-    *,
-    name: str,
-    context: contextvars.Context | None = None,
-) -> asyncio.Task[T]:
-    """A task whose first step runs now, in the caller's loop step (Python 3.12+), not one loop turn later.
-
-    The pump's first step sends the upstream request: started eagerly, the request is on the wire before
-    the handler writes the SSE headers, instead of after a full turn of a loop that may be relaying
-    thousands of chunks a second (one turn was ~1-2 ms of added time to first token at concurrency 10).
-    """
-    if sys.version_info >= (3, 12):
-        return asyncio.Task(coro, loop=loop, name=name, eager_start=True, context=context)  # type: ignore[call-arg]
-    return loop.create_task(coro, name=name, context=context)
 
 
 class TurnRun:
@@ -215,7 +196,7 @@ class TurnRun:
             self._finished = loop.create_future()
             if before_commit:
                 self._committed = loop.create_future()
-            self._pump_task = _start_eagerly(
+            self._pump_task = start_eagerly(
                 loop, self._pump(), name=f"turn-pump-{self.turn_id}", context=context
             )
             self._pump_task.add_done_callback(self._start_finisher, context=context)
