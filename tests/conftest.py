@@ -9,6 +9,8 @@
 
 Event loops: every async test runs on asyncio's loop; a test or module marked `both_loops` runs on uvloop as
 well (`server.event_loop: uvloop`, whose transports are not asyncio's classes).
+`MINICHAT_TEST_EVENT_LOOP=uvloop` runs every async test on uvloop alone (a whole-suite check of that loop,
+not part of the test command).
 
 A migrated database is a copy of a template migrated once per session (a file copy on SQLite,
 `CREATE DATABASE ... TEMPLATE` on PostgreSQL): the same schema as running `aupgrade` in every test, faster.
@@ -17,6 +19,7 @@ A migrated database is a copy of a template migrated once per session (a file co
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -37,9 +40,14 @@ _BOTH_LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
+_UVLOOP_ONLY: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {"uvloop": uvloop.new_event_loop}
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if os.environ.get("MINICHAT_TEST_EVENT_LOOP") == "uvloop":
+        return _UVLOOP_ONLY
     return _BOTH_LOOPS if item.get_closest_marker("both_loops") is not None else _ASYNCIO_ONLY
 
 

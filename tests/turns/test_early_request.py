@@ -14,6 +14,7 @@ import types
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fakes.openai_server import DEFAULT_API_KEY, Script
 
@@ -157,14 +158,27 @@ def _holders_of_transaction_contexts() -> list[object]:
         if not (
             holder is contexts
             or isinstance(holder, types.FrameType)
-            or (
-                isinstance(holder, asyncio.TimerHandle)
-                and (holder.cancelled() or getattr(holder._callback, "__module__", "").startswith("asyncpg."))
-            )
+            or _is_cancelled_or_asyncpg_timer(holder)
         )
     ]
 
 
+# uvloop's timer handles are not asyncio's class and do not expose their callback; their repr names it.
+_ASYNCPG_TIMERS = (
+    "_StatementCache._on_entry_expired",
+    "PoolConnectionHolder._deactivate_inactive_connection",
+)
+
+
+def _is_cancelled_or_asyncpg_timer(holder: object) -> bool:
+    if isinstance(holder, asyncio.TimerHandle):
+        return holder.cancelled() or getattr(holder._callback, "__module__", "").startswith("asyncpg.")
+    if type(holder).__module__ == "uvloop.loop" and type(holder).__name__ == "TimerHandle":
+        return bool(holder.cancelled()) or any(name in repr(holder) for name in _ASYNCPG_TIMERS)  # type: ignore[attr-defined]
+    return False
+
+
+@pytest.mark.both_loops
 async def test_an_open_stream_keeps_nothing_of_the_transaction_it_started_in(make_harness: Any) -> None:
     """Every callback the run registers inside the send's transaction carries the context from before it:
     one that captured the transaction's context kept its outbox handle alive for as long as the stream was
