@@ -352,7 +352,7 @@ def minichat_config(data_dir: Path, database_url: str, fake_url: str, port: int)
             "data_dir": str(data_dir),
             "log_level": "WARNING",
             # server.event_loop of the service under test (asyncio, uvloop or auto); the load side is ours.
-            "event_loop": os.environ.get("MINICHAT_BENCH_EVENT_LOOP", "asyncio"),
+            "event_loop": os.environ.get("MINICHAT_BENCH_EVENT_LOOP", "auto"),
         },
         # database.pool_max_size of the service under test (MINICHAT_BENCH_POOL_MAX_SIZE to compare sizes).
         "database": {

@@ -40,7 +40,7 @@ class ServerConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     web_console: bool = True
-    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "auto"  # uvloop when installed (docs/deploying.md)
 
 
 class DatabaseConfig(_Section):

@@ -33,10 +33,10 @@ def _uvloop_stand_in(monkeypatch: pytest.MonkeyPatch) -> Callable[[], asyncio.Ab
     return new_event_loop
 
 
-def test_the_default_is_the_standard_loop(tmp_path: Path) -> None:
+def test_the_default_takes_uvloop_when_installed(tmp_path: Path) -> None:
     path = tmp_path / "minichat.yaml"
     path.write_text("server: {port: 0}\n", encoding="utf-8")
-    assert load_config(str(path)).server.event_loop == "asyncio"
+    assert load_config(str(path)).server.event_loop == "auto"  # the standard loop without the package
 
 
 def test_asyncio_never_imports_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
