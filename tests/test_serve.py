@@ -14,6 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+
+from minichat_host.cli.serve import KEEPALIVE_TIMEOUT_SECONDS, app_runner
+from minichat_host.config import load_config
 
 
 def _free_port() -> int:
@@ -77,3 +81,19 @@ def test_serve_embedded_defaults_and_graceful_sigterm(tmp_path: Path, event_loop
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_the_runner_keeps_run_apps_settings(tmp_path: Path) -> None:
+    """`minichat serve` builds its own runner (for its listener): idle keep-alive connections still close
+    after 75 s, not aiohttp's hour, and the shutdown timeout is the configured one."""
+    config_path = tmp_path / "minichat.yaml"
+    config_path.write_text("server: {port: 0, shutdown_timeout_seconds: 7}\n", encoding="utf-8")
+    runner = app_runner(web.Application(), load_config(str(config_path)))
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        assert runner.server._kwargs["keepalive_timeout"] == KEEPALIVE_TIMEOUT_SECONDS == 75.0
+        assert runner.server._kwargs["access_log"] is None
+        assert runner._shutdown_timeout == 7.0
+    finally:
+        await runner.cleanup()

@@ -44,6 +44,21 @@ def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] 
     return factory
 
 
+# What `run_app` gave an idle keep-alive connection before the listener replaced it (aiohttp's server on its
+# own keeps one for an hour).
+KEEPALIVE_TIMEOUT_SECONDS = 75.0
+
+
+def app_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The runner `minichat serve` starts, with the settings `run_app` gave it (no access log)."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
+        shutdown_timeout=config.server.shutdown_timeout_seconds,
+    )
+
+
 async def _serve_until_signalled(app: web.Application, config: Config) -> None:
     """Serve `app` until SIGTERM/SIGINT, then stop gracefully: stop accepting, let in-flight requests
     finish (up to `server.shutdown_timeout_seconds`), run the cleanup contexts.
@@ -54,7 +69,7 @@ async def _serve_until_signalled(app: web.Application, config: Config) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
+    runner = app_runner(app, config)
     await runner.setup()
     try:
         site = AcceptAllSite(runner, config.server.host, config.server.port)
