@@ -89,6 +89,10 @@ class Recorder:
         self.usage: list[UsageEvent] = []
         self.audit: list[Any] = []
         self.fail_usage = 0
+        # `hold_limits(n)`: the limits hook waits for the gate, and `arrived` is set once n callers wait
+        # (concurrent sends held at the same point before their quota decisions).
+        self._limits_hold: tuple[int, asyncio.Event, asyncio.Event] | None = None
+        self._limits_waiting = 0
         self._changed = asyncio.Event()
 
     # --- capabilities ---------------------------------------------------------------------------
@@ -130,8 +134,20 @@ class Recorder:
             kill_switches=self.kill_switches,
         )
 
+    def hold_limits(self, callers: int) -> tuple[asyncio.Event, asyncio.Event]:
+        """Hold the limits hook's callers until the returned gate is set; `arrived`: `callers` are held."""
+        arrived, gate = asyncio.Event(), asyncio.Event()
+        self._limits_hold, self._limits_waiting = (callers, arrived, gate), 0
+        return arrived, gate
+
     @hookimpl
     async def minichat_get_user_limits(self, user_id: str, policy_version: int) -> UserLimits:
+        if self._limits_hold is not None:
+            expected, arrived, gate = self._limits_hold
+            self._limits_waiting += 1
+            if self._limits_waiting >= expected:
+                arrived.set()
+            await gate.wait()
         return UserLimits(
             user_id=user_id, policy_version=policy_version, standard=self.standard, premium=self.premium
         )

@@ -4,6 +4,7 @@ history within the snapshot boundary and after the summary frontier, the budget,
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -274,3 +275,39 @@ async def test_history_cut_at_the_frontier_equals_the_frontier_query(harness: Ha
             )
             cut = turns_repo.after_position(unfiltered, frontier)
             assert [r.id for r in cut] == [r.id for r in by_query], (position.content, limit)
+
+
+async def test_concurrent_sends_of_one_user_never_reserve_past_the_limit(harness: Harness) -> None:
+    """Four sends of one user at once, in four chats, with credits for one turn: one streams, three are
+    refused, and only one request reaches the provider (the decision is made on the quota rows locked by
+    the send's transaction: `BEGIN IMMEDIATE` on SQLite, `FOR UPDATE` on PostgreSQL)."""
+    chats = [await harness.create_chat("fake-standard") for _ in range(4)]
+    harness.fake.default_script = Script(text="ok", input_tokens=10, output_tokens=10)
+    # A fresh chat's turn reserves ~3,000 credits (1,000 output tokens at 3, and its input): one fits in
+    # 5,000, two do not.
+    harness.recorder.standard = tier_limits(5000)
+    before = len(harness.fake.requests)
+
+    async def send(chat_id: str) -> tuple[int, str]:
+        response = await harness.client.post(
+            f"{PREFIX}/chats/{chat_id}/messages:stream", json={"content": "hi"}
+        )
+        body = await response.text()
+        return response.status, body
+
+    # All four are held at the policy's limits (read before the quota decision), then let go together.
+    arrived, gate = harness.recorder.hold_limits(len(chats))
+    sends = [asyncio.ensure_future(send(chat_id)) for chat_id in chats]
+    async with asyncio.timeout(10):
+        await arrived.wait()
+    gate.set()
+    results = await asyncio.gather(*sends)
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 429, 429, 429], results
+    assert all('"quota_exceeded"' in body for status, body in results if status == 429)
+    assert len(harness.fake.requests) - before == 1
+    await harness.wait_idle()
+    assert await harness.reserved() == 0
+    status = await (await harness.client.get(f"{PREFIX}/quota/status")).json()
+    total = next(t for t in status["tiers"] if t["tier"] == "total")
+    assert all(p["used_credits_micro"] == 10 + 3 * 10 for p in total["periods"])
