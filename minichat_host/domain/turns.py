@@ -27,6 +27,7 @@ import asyncio
 import contextvars
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -369,6 +370,15 @@ class _Prepared:
 _ContextRows = tuple[turns.SummaryRow | None, list[turns.MessageRow]]
 
 
+class _Unread(enum.Enum):
+    """A summary not read yet (None is a chat without one)."""
+
+    UNREAD = enum.auto()
+
+
+_UNREAD: Final = _Unread.UNREAD
+
+
 @dataclass(frozen=True, slots=True)
 class _LaunchFailure:
     """Why a reserved turn cannot run: finalized as failed with `code`, then `error` answers the client."""
@@ -656,7 +666,7 @@ class TurnService:
         # Read before the transaction, not inside it: on PostgreSQL the reads go out at once on other pooled
         # connections, which a transaction holding one of them must not wait for (a full pool would wait
         # for itself). What they read is the chat before this turn, which the transaction does not change.
-        context_rows = await self._summary_and_history(chat.id, boundary, request_id)
+        context_rows = await self._summary_and_history(chat.id, boundary, request_id, read=looked.summary)
         launched: TurnRun | _LaunchFailure | None = None
         try:
             lock = quota_ledger.user_lock_statement(self._db, who.tenant_id, who.user_id)
@@ -723,16 +733,23 @@ class TurnService:
 
     # --- launch: context, provider, run ------------------------------------------------------------------
     async def _summary_and_history(
-        self, chat_id: uuid.UUID, boundary: turns.Boundary | None, request_id: uuid.UUID
+        self,
+        chat_id: uuid.UUID,
+        boundary: turns.Boundary | None,
+        request_id: uuid.UUID,
+        *,
+        read: turns.SummaryRow | _Unread | None = _UNREAD,
     ) -> _ContextRows:
-        """The chat's thread summary and the history after its frontier (the newest `limit` messages).
+        """The chat's thread summary (unless `read` already: a send's first look reads it) and the history
+        after its frontier (the newest `limit` messages).
 
-        On PostgreSQL both reads go out at once: the history is read without the frontier and cut at it
-        here, which gives the same rows (the rows after the frontier are a prefix of the newest-first list).
+        On PostgreSQL, when both are read, they go out at once: the history is read without the frontier
+        and cut at it here, which gives the same rows (the rows after the frontier are a prefix of the
+        newest-first list).
         """
         limit = self._config.context.recent_messages_limit
-        if not self._fan_out_reads or boundary is None:
-            summary = await turns.thread_summary(self._db, chat_id)
+        if not isinstance(read, _Unread) or not self._fan_out_reads or boundary is None:
+            summary = await turns.thread_summary(self._db, chat_id) if isinstance(read, _Unread) else read
             history = await turns.context_history(
                 self._db,
                 chat_id,

@@ -11,7 +11,15 @@ import pytest
 import sqlalchemy as sa
 
 from minichat_host.db.repos import quota_ledger, turns
-from minichat_host.db.tables import attachments, chat_turns, chat_vector_stores, chats, messages, quota_usage
+from minichat_host.db.tables import (
+    attachments,
+    chat_turns,
+    chat_vector_stores,
+    chats,
+    messages,
+    quota_usage,
+    thread_summaries,
+)
 from minichat_host.domain.models import BucketDelta, Period
 
 TENANT = uuid.uuid4()
@@ -327,6 +335,36 @@ async def test_first_look_reads_the_snapshot_boundary_and_the_prior_context_toke
     assert looked.boundary == turns.Boundary(NOW + 4 * second, tied[1])
     assert looked.boundary.created_at.tzinfo is not None
     assert looked.prior_context_tokens == 10
+
+
+async def test_first_look_reads_the_thread_summary_as_the_summary_read_does(
+    database: databases.Database,
+) -> None:
+    chat_id, other_id, request_id = await _chat(database), await _chat(database), uuid.uuid4()
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None and looked.summary is None
+    frontier = await _message(database, chat_id, NOW, "assistant")
+    for chat, text in ((chat_id, "They said hello."), (other_id, "Another chat's.")):
+        await database.execute(
+            thread_summaries.insert().values(
+                id=uuid.uuid4(),
+                tenant_id=TENANT,
+                chat_id=chat,
+                summary_text=text,
+                summarized_up_to_message_id=frontier,
+                summarized_up_to_created_at=NOW,
+                token_estimate=12,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    looked = await turns.first_look(database, TENANT, USER, chat_id, request_id)
+    assert looked is not None
+    assert looked.summary == await turns.thread_summary(database, chat_id)
+    assert looked.summary == turns.SummaryRow("They said hello.", 12, turns.Boundary(NOW, frontier))
+    assert looked.summary.frontier.created_at.tzinfo is not None
+    # The summary does not make another owner's chat visible.
+    assert await turns.first_look(database, TENANT, uuid.uuid4(), chat_id, request_id) is None
 
 
 async def test_owned_turn_status_reads_the_turn_with_the_owner_check(database: databases.Database) -> None:

@@ -115,9 +115,9 @@ async def test_a_streamed_turn_and_the_hot_endpoints_run_their_budget_of_stateme
     statement_log.recording = False
 
     assert turn == [
-        # The turn start (domain/turns.py), one loop step: the first look, the summary and history reads,
+        # The turn start (domain/turns.py), one loop step: the first look (with the thread summary), the
+        # history read after it,
         "SELECT chats",
-        "SELECT thread_summaries",
         "SELECT messages",
         # then one write transaction: the quota rows, the reserve, the user's message and the turn.
         "BEGIN IMMEDIATE",

@@ -1033,6 +1033,9 @@ class FirstLook:
     # tokens, taken before the send's transaction as the original does (original-domain.md §2, steps 4-5).
     boundary: Boundary | None = None
     prior_context_tokens: int = 0
+    # The chat's thread summary (None: it has none yet), read in the same statement: a send's context
+    # reads then only the history after its frontier.
+    summary: SummaryRow | None = None
 
 
 def _newest_live(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
@@ -1073,7 +1076,13 @@ _FIRST_LOOK = Prepared(
         _newest_live(messages.c.created_at).label("newest_at"),
         _newest_live(messages.c.id).label("newest_id"),
         _PRIOR_TOKENS.label("prior_context_tokens"),
-    ).where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
+        thread_summaries.c.summary_text,
+        thread_summaries.c.token_estimate,
+        thread_summaries.c.summarized_up_to_created_at,
+        thread_summaries.c.summarized_up_to_message_id,
+    )
+    .select_from(chats.outerjoin(thread_summaries, thread_summaries.c.chat_id == chats.c.id))
+    .where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
     "first look",
 )
 
@@ -1087,15 +1096,15 @@ async def first_look(
 ) -> FirstLook | None:
     """The owner's live chat (None: not found) with what a send checks before its transaction: whether
     `request_id` has a turn in it (soft-deleted ones included), whether a live turn runs, whether it has
-    ready documents, and its vector store. One statement, so one snapshot (and one round trip on
-    PostgreSQL) instead of five reads."""
+    ready documents, its vector store, and its thread summary. One statement, so one snapshot (and one
+    round trip on PostgreSQL) instead of six reads."""
     row = await _FIRST_LOOK.fetch_one(
         db, chat_id=chat_id, tenant_id=tenant_id, user_id=user_id, request_id=request_id
     )
     if row is None:
         return None
     values = row.values()
-    store, newest_at, newest_id, prior = values[9:13]
+    store, newest_at, newest_id, prior, summary_text, summary_tokens, summary_at, summary_id = values[9:17]
     return FirstLook(
         chat=chats_repo.owned_chat(tenant_id, user_id, values),
         request_used=bool(values[6]),
@@ -1104,4 +1113,11 @@ async def first_look(
         vector_store_id=str(store) if store else None,
         boundary=None if newest_id is None else Boundary(fast_utc(newest_at), fast_uuid(newest_id)),
         prior_context_tokens=int(prior or 0),
+        summary=None
+        if summary_id is None
+        else SummaryRow(
+            text=summary_text,
+            token_estimate=int(summary_tokens),
+            frontier=Boundary(as_utc(summary_at), as_uuid(summary_id)),
+        ),
     )
