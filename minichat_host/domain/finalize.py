@@ -33,7 +33,7 @@ from minichat_host.db.repos import quota_ledger, turns
 from minichat_host.domain import events
 from minichat_host.domain.billing import Billing, derive_billing, usage_reported
 from minichat_host.domain.credits import estimate_text_tokens, utf8_len
-from minichat_host.domain.models import BUCKET_PREMIUM, BUCKET_TOTAL, Period
+from minichat_host.domain.models import Period
 from minichat_host.domain.quota import QuotaWarning, TurnReserve, quota_status, quota_warnings, settle
 from minichat_host.domain.summaries import summary_task_if_due
 from minichat_host.plugins.types import AuditAttachment, AuditEnvelope, ModelCatalogEntry, Usage, UserLimits
@@ -45,8 +45,6 @@ Clock = Callable[[], dt.datetime]
 
 MESSAGE_PERSISTENCE_FAILED: Final = "message_persistence_failed"
 _UNAVAILABLE_RETRIES: Final = 3
-# The buckets `quota_status` reports (and so the warnings): premium and total.
-_STATUS_BUCKETS: Final = (BUCKET_PREMIUM, BUCKET_TOTAL)
 _UNAVAILABLE_BACKOFF_SECONDS: Final = 0.2
 
 _DEFAULT_ERROR_MESSAGES: Final[dict[str, str]] = {
@@ -262,19 +260,17 @@ class Finalizer:
             web_search_calls=outcome.web_search_calls,
             code_interpreter_calls=outcome.code_interpreter_calls,
         )
-        facts = ctx.facts
-        if outcome.state != "completed" or ctx.limits is None:
-            await quota_ledger.apply_deltas(
-                self._db, facts.tenant_id, facts.user_id, settlement.bucket_deltas, now=now
-            )
-            return settlement.charge_micro, []
-        # The rows the warnings are made of, read back by the settlement's own statement.
-        status_keys = [(p.period_type, p.period_start, b) for p in ctx.periods for b in _STATUS_BUCKETS]
-        rows = await quota_ledger.apply_deltas_and_read(
-            self._db, facts.tenant_id, facts.user_id, settlement.bucket_deltas, status_keys, now=now
+        await quota_ledger.apply_deltas(
+            self._db, ctx.facts.tenant_id, ctx.facts.user_id, settlement.bucket_deltas, now=now
         )
-        status = quota_status(ctx.limits, rows, now, self._config.quota.warning_threshold_pct)
-        return settlement.charge_micro, quota_warnings(status)
+        warnings: list[QuotaWarning] = []
+        if outcome.state == "completed" and ctx.limits is not None:
+            rows = await quota_ledger.load_usage(
+                self._db, ctx.facts.tenant_id, ctx.facts.user_id, ctx.periods
+            )
+            status = quota_status(ctx.limits, rows, now, self._config.quota.warning_threshold_pct)
+            warnings = quota_warnings(status)
+        return settlement.charge_micro, warnings
 
     async def _store_answer(self, ctx: TurnContext, outcome: TurnOutcome, now: dt.datetime) -> None:
         facts = ctx.facts

@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 
 from minichat_host.db.repos import quota_ledger, turns
-from minichat_host.db.repos.common import as_utc
 from minichat_host.db.tables import (
     attachments,
     chat_turns,
@@ -21,7 +20,7 @@ from minichat_host.db.tables import (
     quota_usage,
     thread_summaries,
 )
-from minichat_host.domain.models import BucketDelta, Period, UsageRow
+from minichat_host.domain.models import BucketDelta, Period
 
 TENANT = uuid.uuid4()
 USER = uuid.uuid4()
@@ -177,60 +176,6 @@ async def test_settlement_of_several_rows_equals_row_by_row(database: databases.
         untouched = await quota_ledger.load_usage(database, tenant_id, user_id, PERIODS)
         assert {row.spent_credits_micro for row in untouched.values()} == {0}
         assert {row.reserved_credits_micro for row in untouched.values()} == {100}
-
-
-@pytest.mark.parametrize("missing_settled_row", [False, True])
-async def test_settlement_with_its_read_back_equals_the_settlement_then_the_read(
-    database: databases.Database, missing_settled_row: bool
-) -> None:
-    # A finalization settles the total rows of a standard turn and reads back the premium and total rows
-    # of its periods for the warnings, in one statement. A premium row that exists comes back unchanged,
-    # its `updated_at` too; one that does not exist is not created. The twin user gets the same deltas
-    # through `apply_deltas` and then `load_usage`: the rows and the answer must be the same. With a row to
-    # settle missing (a ledger repaired by hand), the slower way is taken, with the same result.
-    premium = "tier:premium"
-    keys = [(p.period_type, p.period_start, b) for p in PERIODS for b in (premium, "total")]
-    reserve = [BucketDelta(p.period_type, p.period_start, "total", reserved_delta=100) for p in PERIODS]
-    if missing_settled_row:
-        reserve = reserve[:1]
-    settle = [
-        BucketDelta(
-            p.period_type,
-            p.period_start,
-            "total",
-            reserved_delta=-100,
-            spent_delta=70,
-            calls_delta=1,
-            input_tokens_delta=9,
-            web_search_calls_delta=1,
-        )
-        for p in PERIODS
-    ]
-    premium_row = BucketDelta(PERIODS[0].period_type, PERIODS[0].period_start, premium, spent_delta=5)
-    twin = uuid.uuid4()
-    for user_id in (USER, twin):
-        await quota_ledger.apply_deltas(database, TENANT, user_id, [*reserve, premium_row], now=NOW)
-    later = NOW + dt.timedelta(minutes=1)
-    read = await quota_ledger.apply_deltas_and_read(database, TENANT, USER, settle, keys, now=later)
-    await quota_ledger.apply_deltas(database, TENANT, twin, settle, now=later)
-    loaded = await quota_ledger.load_usage(database, TENANT, twin, PERIODS)
-    assert read == {key: row for key, row in loaded.items() if key in keys}
-    assert read[(PERIODS[0].period_type, PERIODS[0].period_start, premium)] == UsageRow(5, 0, 0, 0)
-    assert read[(PERIODS[1].period_type, PERIODS[1].period_start, "total")] == UsageRow(70, 0, 1, 0)
-    kept = [c for c in quota_usage.c if c.name not in ("id", "user_id")]
-
-    async def rows_of(user_id: uuid.UUID) -> list[tuple[object, ...]]:
-        query = sa.select(*kept).where(quota_usage.c.user_id == user_id)
-        return sorted(tuple(row) for row in await database.fetch_all(query.order_by(*kept[:4])))
-
-    rows = await rows_of(USER)
-    assert rows == await rows_of(twin) and len(rows) == 3  # no row for the absent monthly premium key
-    premium_updated = await database.fetch_val(
-        sa.select(quota_usage.c.updated_at).where(
-            quota_usage.c.user_id == USER, quota_usage.c.bucket == premium
-        )
-    )
-    assert as_utc(premium_updated) == NOW
 
 
 async def test_turn_round_trip_and_cas(database: databases.Database) -> None:

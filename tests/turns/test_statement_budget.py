@@ -126,12 +126,13 @@ async def test_a_streamed_turn_and_the_hot_endpoints_run_their_budget_of_stateme
         "INSERT messages",
         "INSERT chat_turns",
         "COMMIT",
-        # The finalization (domain/finalize.py), one transaction: the compare-and-set, the settlement
-        # (which returns the rows the warnings read), the answer and the turn's link to it, the usage and
-        # audit events into the outbox (a body and its partition's row each).
+        # The finalization (domain/finalize.py), one transaction: the compare-and-set, the settlement and
+        # the usage read back for the warnings, the answer and the turn's link to it, the usage and audit
+        # events into the outbox (a body and its partition's row each).
         "BEGIN IMMEDIATE",
         "UPDATE chat_turns",
         "UPDATE quota_usage",
+        "SELECT quota_usage",
         "INSERT messages",
         "UPDATE chat_turns",
         "INSERT outbox_body",

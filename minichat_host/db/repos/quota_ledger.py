@@ -198,58 +198,6 @@ async def apply_deltas(
         await upsert.execute(db, **values)
 
 
-async def apply_deltas_and_read(
-    db: databases.Database,
-    tenant_id: uuid.UUID,
-    user_id: uuid.UUID,
-    deltas: Iterable[BucketDelta],
-    read_back: Sequence[UsageKey],
-    *,
-    now: dt.datetime,
-) -> dict[UsageKey, UsageRow]:
-    """`apply_deltas`, then the rows of `read_back` as `load_usage` reads them after it (a key without a
-    row is left out: zero usage).
-
-    A finalization reads its user's rows back for the `done` event's quota warnings. Here that read is the
-    update's own `RETURNING`: the rows to read that have no delta join the update with zero deltas and
-    keep their `updated_at`, so they come back unchanged. One statement instead of two, in the loop step
-    (SQLite) or round trip (PostgreSQL) every finalization of a completed turn takes. A row to settle that
-    does not exist (a ledger repaired by hand) takes `apply_deltas`' way and a read after it.
-    """
-    merged = _merged(deltas)
-    settled = {delta.key for delta in merged}
-    rows = merged + [BucketDelta(*key) for key in dict.fromkeys(read_back) if key not in settled]
-    if not merged or not 1 < len(rows) <= _MAX_ROWS_PER_UPSERT:
-        await apply_deltas(db, tenant_id, user_id, merged, now=now)
-        return _only(await load_usage(db, tenant_id, user_id, _periods_of(read_back)), read_back)
-    ordered = sorted(rows, key=lambda d: (d.period_type, d.period_start, d.bucket))
-    values: dict[str, Any] = {"tenant_id": tenant_id, "user_id": user_id}
-    for index, delta in enumerate(ordered):
-        values.update(_update_values(delta, now, suffix=f"_{index}"))
-        values[f"touch_{index}"] = int(delta.key in settled)
-    returned = await _MULTI_UPDATES_READ[db.url.dialect, len(ordered)].fetch_values(db, **values)
-    result: dict[UsageKey, UsageRow] = {}
-    for period_type, period_start, bucket, spent, reserved, web_search, code_interpreter in returned:
-        result[(period_type, _as_date(period_start), bucket)] = UsageRow(
-            int(spent), int(reserved), int(web_search), int(code_interpreter)
-        )
-    missing = [delta for delta in merged if delta.key not in result]
-    if not missing:
-        return _only(result, read_back)
-    await apply_deltas(db, tenant_id, user_id, missing, now=now)
-    return _only(await load_usage(db, tenant_id, user_id, _periods_of(read_back)), read_back)
-
-
-def _periods_of(keys: Sequence[UsageKey]) -> list[Period]:
-    return [
-        Period(period_type, period_start) for period_type, period_start in dict.fromkeys(k[:2] for k in keys)
-    ]
-
-
-def _only(rows: dict[UsageKey, UsageRow], keys: Sequence[UsageKey]) -> dict[UsageKey, UsageRow]:
-    return {key: rows[key] for key in keys if key in rows}
-
-
 def _row_values(
     tenant_id: uuid.UUID, user_id: uuid.UUID, delta: BucketDelta, now: dt.datetime, *, suffix: str
 ) -> dict[str, Any]:
@@ -381,66 +329,10 @@ def _multi_update(dialect: str, count: int) -> Prepared:
     return Prepared(statement, f"usage update of {count} rows ({dialect})", dialect=dialect)
 
 
-def _multi_update_read(dialect: str, count: int) -> Prepared:
-    """`_multi_update` for `apply_deltas_and_read`: a row whose `touch` is 0 (read back, nothing to add) keeps
-    its `updated_at`, and every changed row comes back with the values `load_usage` reads."""
-    names = ["period_type", "period_start", "bucket", "updated_at", "touch"]
-
-    def bound(name: str, index: int) -> sa.Label[Any]:
-        type_: Any
-        if name.startswith("add_") or name == "touch":
-            type_ = sa.BigInteger() if name != "touch" else sa.Integer()
-        else:
-            type_ = quota_usage.c[name].type
-        value: sa.ColumnElement[Any] = sa.bindparam(f"{name}_{index}", type_=type_)
-        if dialect == "postgresql":
-            value = sa.cast(value, type_)
-        return value.label(name)
-
-    names += [f"add_{column}" for _, column in _DELTA_COLUMNS]
-    rows = sa.union_all(*(sa.select(*(bound(name, i) for name in names)) for i in range(count))).subquery("d")
-    updates: dict[str, Any] = {
-        "updated_at": sa.case(
-            (rows.c.touch == sa.literal_column("1"), rows.c.updated_at), else_=quota_usage.c.updated_at
-        )
-    }
-    for _, column in _DELTA_COLUMNS:
-        added = quota_usage.c[column] + rows.c[f"add_{column}"]
-        updates[column] = (
-            sa.case((added < 0, 0), else_=added) if column == "reserved_credits_micro" else added
-        )
-    statement = (
-        quota_usage.update()
-        .where(
-            quota_usage.c.tenant_id == sa.bindparam("tenant_id"),
-            quota_usage.c.user_id == sa.bindparam("user_id"),
-            quota_usage.c.period_type == rows.c.period_type,
-            quota_usage.c.period_start == rows.c.period_start,
-            quota_usage.c.bucket == rows.c.bucket,
-        )
-        .values(updates)
-        .returning(
-            quota_usage.c.period_type,
-            quota_usage.c.period_start,
-            quota_usage.c.bucket,
-            quota_usage.c.spent_credits_micro,
-            quota_usage.c.reserved_credits_micro,
-            quota_usage.c.web_search_calls,
-            quota_usage.c.code_interpreter_calls,
-        )
-    )
-    return Prepared(statement, f"usage update and read of {count} rows ({dialect})", dialect=dialect)
-
-
 # A turn's reserve writes one row per period (day, month) and bucket: a few rows at most.
 _MAX_ROWS_PER_UPSERT: Final = 8
 _MULTI_UPDATES: Final = {
     (dialect, count): _multi_update(dialect, count)
-    for dialect in ("sqlite", "postgresql")
-    for count in range(2, _MAX_ROWS_PER_UPSERT + 1)
-}
-_MULTI_UPDATES_READ: Final = {
-    (dialect, count): _multi_update_read(dialect, count)
     for dialect in ("sqlite", "postgresql")
     for count in range(2, _MAX_ROWS_PER_UPSERT + 1)
 }
