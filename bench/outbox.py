@@ -5,7 +5,9 @@ For each engine, on a fresh migrated database:
    of `--txn-size` messages through `Outbox.transaction()` (the scheduler is not running) → messages/s;
 2. drain: start the scheduler (no-op hook) and time until every message is delivered → messages/s;
 3. latency: with the scheduler running, producers commit `--latency-messages` messages at a moderate total
-   rate (`--latency-rate` messages/s); p50/p99 of commit → hook.
+   rate (`--latency-rate` messages/s); p50/p99 of commit → hook. The outbox delivers at once here
+   (`--linger 0`); the host's default `outbox.sequencer_linger_seconds` (0.05) adds up to that much to
+   trade for fewer, larger sequencing and delivery rounds.
 Then pgqueuer (installed into this venv from PyPI if missing; never a project dependency) runs the same
 three steps on a fresh database of the same PostgreSQL server: the same message count, producers,
 transaction (= enqueue call) size and dequeue batch size. Our numbers are printed as ratios of its.
@@ -108,6 +110,7 @@ async def bench_outbox(url: str, args: argparse.Namespace) -> Result:
             max_concurrent_partitions=args.concurrency,
             poll_interval_seconds=1.0,
             reconcile_interval_seconds=10.0,
+            sequencer_linger_seconds=args.linger,
         )
         delivered = 0
         done = asyncio.Event()
@@ -326,6 +329,12 @@ def main() -> None:
     parser.add_argument("--payload-bytes", type=int, default=300)
     parser.add_argument("--latency-messages", type=int, default=5_000)
     parser.add_argument("--latency-rate", type=float, default=250.0, help="messages/s for the latency run")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="outbox.sequencer_linger_seconds (the host's default 0.05 batches commits; 0: at once)",
+    )
     parser.add_argument("--engines", default="sqlite,postgresql")
     asyncio.run(run(parser.parse_args()))
 

@@ -153,6 +153,7 @@ class OutboxConfig(_Section):
     retry_base_seconds: Seconds = 1.0
     retry_max_seconds: Seconds = 60.0
     max_concurrent_partitions: PositiveInt = 4
+    sequencer_linger_seconds: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.05
     max_payload_bytes: PositiveInt = 65536
     vacuum_interval_seconds: Seconds = 60.0
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=dict)

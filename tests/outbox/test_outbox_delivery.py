@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import time
 from typing import Any
 
 import databases
@@ -336,3 +337,47 @@ async def test_stop_after_the_grace_period_releases_without_counting_a_failure(
     await outbox.stop(grace_seconds=0.1)
     row = await processor_row(database, partition_id)
     assert (row.processed_seq, row.attempts, row.locked_by) == (1, 0, None)
+
+
+async def test_commits_within_the_linger_are_sequenced_and_delivered_together(
+    make_outbox: OutboxFactory,
+) -> None:
+    """`sequencer_linger_seconds`: the first commit wakes the sequencer, which waits that long, so the
+    commits of that moment take one sequencing pass and one lease round per partition (instead of one
+    each: what a busy chat host saves, ~16% of its CPU per turn at ten concurrent streams)."""
+    recorder = Recorder()
+    outbox = make_outbox(fast_config(sequencer_linger_seconds=0.3))
+    outbox.register_queue(QUEUE, recorder, partitions=1, timeout=1.0)
+    await outbox.start()
+    await wait_for(lambda: outbox.stats.polls >= 1)
+    wakeups = outbox.stats.sequencer_wakeups
+    for n in range(5):
+        async with outbox.transaction() as tx:
+            await tx.enqueue(QUEUE, "one-key", str(n).encode())
+        await asyncio.sleep(0.01)
+    assert recorder.deliveries == [], "nothing before the linger is over"
+    await wait_for(lambda: len(recorder.deliveries) == 5)
+    assert outbox.stats.sequencer_wakeups == wakeups + 1
+    assert recorder.payloads() == [b"0", b"1", b"2", b"3", b"4"]
+    assert recorder.seqs() == [1, 2, 3, 4, 5]
+
+
+async def test_stopping_during_the_linger_loses_nothing(
+    make_outbox: OutboxFactory, database: databases.Database
+) -> None:
+    recorder = Recorder()
+    outbox = make_outbox(fast_config(sequencer_linger_seconds=5.0))
+    outbox.register_queue(QUEUE, recorder, partitions=1, timeout=1.0)
+    await outbox.start()
+    async with outbox.transaction() as tx:
+        await tx.enqueue(QUEUE, "one-key", b"kept")
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await outbox.stop()
+    assert time.monotonic() - started < 2.0, "stop() does not wait out the linger"
+    assert recorder.deliveries == []
+
+    again = make_outbox(fast_config(sequencer_linger_seconds=0.0))
+    again.register_queue(QUEUE, recorder, partitions=1, timeout=1.0)
+    await again.start()  # the reconciler finds the committed row that was never sequenced
+    await wait_for(lambda: recorder.payloads() == [b"kept"])

@@ -140,7 +140,9 @@ async def test_wakeups_coalesce_and_reconciler_finds_unnotified_rows(
     make_outbox: OutboxFactory, database: databases.Database
 ) -> None:
     recorder = Recorder()
-    outbox = make_outbox(fast_config(reconcile_interval_seconds=0.3))
+    # No linger: the rows committed below must be left to the reconciler, not swept up by the sequencer's
+    # pass for the notifications.
+    outbox = make_outbox(fast_config(reconcile_interval_seconds=0.3, sequencer_linger_seconds=0.0))
     outbox.register_queue(QUEUE, recorder, partitions=2, timeout=1.0)
     await outbox.start()
     await wait_for(lambda: outbox.stats.reconciles >= 1)
