@@ -342,11 +342,11 @@ async def test_stop_after_the_grace_period_releases_without_counting_a_failure(
 async def test_commits_within_the_linger_are_sequenced_and_delivered_together(
     make_outbox: OutboxFactory,
 ) -> None:
-    """`sequencer_linger_seconds`: the first commit wakes the sequencer, which waits that long, so the
-    commits of that moment take one sequencing pass and one lease round per partition (instead of one
-    each: what a busy chat host saves, ~16% of its CPU per turn at ten concurrent streams)."""
+    """`sequencer_linger_seconds`: a commit that wakes the sequencer after a quiet spell makes it wait that
+    long, so the commits of that moment take one sequencing pass and one lease round per partition (at ten
+    concurrent streams, whose ends come together, the outbox's loop time per turn fell by 60%)."""
     recorder = Recorder()
-    outbox = make_outbox(fast_config(sequencer_linger_seconds=0.3))
+    outbox = make_outbox(fast_config(sequencer_linger_seconds=0.5))
     outbox.register_queue(QUEUE, recorder, partitions=1, timeout=1.0)
     await outbox.start()
     await wait_for(lambda: outbox.stats.polls >= 1)
@@ -358,8 +358,15 @@ async def test_commits_within_the_linger_are_sequenced_and_delivered_together(
     assert recorder.deliveries == [], "nothing before the linger is over"
     await wait_for(lambda: len(recorder.deliveries) == 5)
     assert outbox.stats.sequencer_wakeups == wakeups + 1
+    assert outbox.stats.sequencer_lingers == 1
     assert recorder.payloads() == [b"0", b"1", b"2", b"3", b"4"]
     assert recorder.seqs() == [1, 2, 3, 4, 5]
+
+    # Woken again within the linger of its last pass (a steady stream of commits): it goes on at once.
+    async with outbox.transaction() as tx:
+        await tx.enqueue(QUEUE, "one-key", b"5")
+    await wait_for(lambda: len(recorder.deliveries) == 6)
+    assert outbox.stats.sequencer_lingers == 1
 
 
 async def test_stopping_during_the_linger_loses_nothing(
