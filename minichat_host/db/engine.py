@@ -32,10 +32,11 @@ import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import asyncpg
 import databases
+import msgspec
 import sqlalchemy as sa
 from databases.backends.common.records import Record, Row, create_column_maps
 from databases.backends.postgres import PostgresBackend, PostgresConnection
@@ -60,6 +61,9 @@ from sqlalchemy.sql import ClauseElement
 from minichat_host.db.compiled import CachedStatement, StatementCache
 from minichat_host.db.prepared import CompiledForm, Mode, Prepared, bind_args, prime
 from minichat_host.db.sqlite_inline import AUTOCHECKPOINT_SAFETY_PAGES, InlineConnection, WalCheckpointer
+
+if TYPE_CHECKING:
+    from minichat_host.db.repos.json_rows import JsonRows
 
 logger = logging.getLogger(__name__)
 
@@ -403,6 +407,10 @@ async def run_inline_prepared(
     dialect: Dialect, connection: InlineConnection, prepared: Prepared, values: Mapping[str, Any], mode: Mode
 ) -> Any:
     """A prepared statement (db/prepared.py) on one SQLite connection: rows as `LeanRecord`s."""
+    if mode == "values" and prepared.json_rows is not None:
+        decoded = await _json_rows(dialect, connection, prepared.json_rows, values)
+        if decoded is not None:
+            return decoded
     form = prepared.form(dialect, prepared.column_keys(values))
     compiled: Any = form.compiled
     args = bind_args(form, compiled.positiontup or (), values)
@@ -427,6 +435,28 @@ async def run_inline_prepared(
         return [list(Row(metadata, processors, keymap, row)) for row in rows]
     records = [LeanRecord(Row(metadata, processors, keymap, row), index) for row in rows]
     return records[0] if mode == "one" else records
+
+
+async def _json_rows(
+    dialect: Dialect, connection: InlineConnection, rows: JsonRows, values: Mapping[str, Any]
+) -> list[tuple[Any, ...]] | None:
+    """The rows of a listing's JSON form (db/repos/json_rows.py); None when a value is not of its column's
+    type, and the plain statement is to decide."""
+    form = rows.prepared.form(dialect, None)
+    compiled: Any = form.compiled
+    args = bind_args(form, compiled.positiontup or (), values)
+    raw = connection.raw
+    sql = compiled.string
+    cursor = await connection.run(lambda: raw.execute(sql, args))
+    try:
+        texts = cursor.fetchall()
+    finally:
+        cursor.close()
+    try:
+        return rows.decode(texts)
+    except msgspec.DecodeError:  # ValidationError included
+        logger.debug("%s: a value not of its column's type, read by the plain statement", rows.prepared.name)
+        return None
 
 
 def _form_metadata(dialect: Dialect, form: CompiledForm, description: Any) -> tuple[Any, dict[Any, int]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -64,6 +64,7 @@ class Prepared:
         "_forms",
         "_warm_keys",
         "dialect",
+        "json_rows",
         "name",
         "statement",
     )
@@ -79,6 +80,8 @@ class Prepared:
         self.statement = statement
         self.name = name
         self.dialect = dialect
+        # SQLite's form of a listing's rows, one JSON array each (db/repos/json_rows.py; `fetch_values` only).
+        self.json_rows: Any = None
         self._forms: dict[tuple[str, frozenset[str] | None], CompiledForm] = {}
         # INSERT / UPDATE written without .values(): the columns set are those a call gives values for.
         self._columns_from_values = (
@@ -122,11 +125,12 @@ class Prepared:
     async def fetch_one(self, runner: Any, **values: Any) -> Any:
         return await _runner(runner).run_prepared(self, values, "one")
 
-    async def fetch_values(self, runner: Any, **values: Any) -> list[list[Any]]:
-        """Every row as the list of its values in column order, converted by the column types as a record's
-        are, with no record around them: the pages of the hot listings build their own records from these by
-        position (a record and its lookups cost ~0.6 µs a row, 20-100 rows a page)."""
-        result: list[list[Any]] = await _runner(runner).run_prepared(self, values, "values")
+    async def fetch_values(self, runner: Any, **values: Any) -> list[Sequence[Any]]:
+        """Every row as the sequence of its values in column order, converted by the column types as a
+        record's are, with no record around them: the pages of the hot listings build their own records from
+        these by position (a record and its lookups cost ~0.6 µs a row, 20-100 rows a page). On SQLite, by
+        the statement's `json_rows` form when it has one (tuples, then)."""
+        result: list[Sequence[Any]] = await _runner(runner).run_prepared(self, values, "values")
         return result
 
     async def fetch_val(self, runner: Any, **values: Any) -> Any:

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos.common import Executor
+from minichat_host.db.repos.json_rows import json_rows
 from minichat_host.db.repos.reads import fast_utc, fast_uuid
 
 Direction = Literal["next", "prev"]
@@ -78,9 +79,9 @@ class PageCursor:
 @dataclass(frozen=True, slots=True)
 class KeysetPage:
     """Rows of one page in listing order, and the cursors of its neighbours (None at either end). Each row
-    is the list of its values in the order of the listing's columns (`Prepared.fetch_values`)."""
+    is the sequence of its values in the order of the listing's columns (`Prepared.fetch_values`)."""
 
-    rows: list[list[Any]]
+    rows: list[Sequence[Any]]
     next_cursor: PageCursor | None
     prev_cursor: PageCursor | None
 
@@ -204,19 +205,25 @@ def _keyset_statements(
     # position first); a `prev` page is reversed back into listing order afterwards.
     scan_descending = order.descending if forward else not order.descending
     shape = f"{listing.name} {order.name} {'next' if forward else 'prev'}"
-    query = sa.select(*listing.columns).where(listing.scope)
+    after = _after(order, descending=scan_descending, inclusive=inclusive) if has_cursor else None
     probe: Prepared | None = None
-    if has_cursor:
-        after = _after(order, descending=scan_descending, inclusive=inclusive)
-        query = query.where(after)
-        # Behind the position = everything the query above excluded on that side of it.
+    if after is not None:
+        # Behind the position = everything the page query excluded on that side of it.
         behind = sa.select(order.tiebreak).select_from(listing.table).where(listing.scope, sa.not_(after))
         probe = Prepared(behind.limit(1), f"{shape} behind (inclusive={inclusive})")
         shape = f"{shape} after (inclusive={inclusive})"
-    query = query.order_by(*order.order_by(reverse=not forward)).limit(
-        sa.bindparam("page_limit", type_=sa.Integer)
-    )
-    return Prepared(query, shape), probe
+
+    def page_query(*select_list: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        query = sa.select(*select_list).where(listing.scope)
+        if after is not None:
+            query = query.where(after)
+        return query.order_by(*order.order_by(reverse=not forward)).limit(
+            sa.bindparam("page_limit", type_=sa.Integer)
+        )
+
+    rows = Prepared(page_query(*listing.columns), shape)
+    rows.json_rows = json_rows(listing.columns, page_query, shape)  # SQLite's (db/repos/json_rows.py)
+    return rows, probe
 
 
 async def fetch_keyset_page(

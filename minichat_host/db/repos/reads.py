@@ -75,14 +75,14 @@ def _sqlite_uuid(value: Any) -> Any:
     return None if value is None else as_uuid(value)
 
 
-class _UuidRead(sa.types.TypeEngine[uuid.UUID]):
+class UuidRead(sa.types.TypeEngine[uuid.UUID]):
     """Result side of `sa.Uuid` only (used through `type_coerce`, never rendered in SQL)."""
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         return _sqlite_uuid if dialect.name == "sqlite" else None
 
 
-_UUID_READ: Final = _UuidRead()
+_UUID_READ: Final = UuidRead()
 
 
 def uuid_read(column: sa.Column[uuid.UUID]) -> sa.ColumnElement[uuid.UUID]:
@@ -114,18 +114,18 @@ def utc_from_micros(micros: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
-class _UtcRead(sa.types.TypeEngine[dt.datetime]):
-    """Result side of `UtcDateTime` only (the type of a `_UtcColumnRead`, never rendered in SQL)."""
+class UtcRead(sa.types.TypeEngine[dt.datetime]):
+    """Result side of `UtcDateTime` only (the type of a `UtcColumnRead`, never rendered in SQL)."""
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
-        # PostgreSQL: the int8 of `_UtcColumnRead` (processors see int / str / float values only; NULL stays).
+        # PostgreSQL: the int8 of `UtcColumnRead` (processors see int / str / float values only; NULL stays).
         return _sqlite_utc if dialect.name == "sqlite" else utc_from_micros
 
 
-_UTC_READ: Final = _UtcRead()
+_UTC_READ: Final = UtcRead()
 
 
-class _UtcColumnRead(sa.sql.expression.ColumnElement[dt.datetime]):
+class UtcColumnRead(sa.sql.expression.ColumnElement[dt.datetime]):
     """A `UtcDateTime` column in a select list: the column itself on SQLite, its epoch microseconds on
     PostgreSQL (see the module docstring)."""
 
@@ -141,13 +141,13 @@ class _UtcColumnRead(sa.sql.expression.ColumnElement[dt.datetime]):
         return self.column._from_objects  # type: ignore[no-any-return]
 
 
-@compiles(_UtcColumnRead)
-def _compile_utc_read(element: _UtcColumnRead, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(UtcColumnRead)
+def _compile_utc_read(element: UtcColumnRead, compiler: SQLCompiler, **kw: Any) -> str:
     return compiler.process(element.column, **kw)
 
 
-@compiles(_UtcColumnRead, "postgresql")
-def _compile_utc_read_postgresql(element: _UtcColumnRead, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(UtcColumnRead, "postgresql")
+def _compile_utc_read_postgresql(element: UtcColumnRead, compiler: SQLCompiler, **kw: Any) -> str:
     # EXTRACT gives an exact numeric since PostgreSQL 14 (a double before, exact to the µs for today's dates);
     # ±infinity (what asyncpg writes for datetime.max / min) has no int8, so it travels as int8's extremes.
     column = compiler.process(element.column, **kw)
@@ -159,7 +159,7 @@ def _compile_utc_read_postgresql(element: _UtcColumnRead, compiler: SQLCompiler,
 
 def utc_read(column: sa.Column[dt.datetime]) -> sa.ColumnElement[dt.datetime]:
     """`column` (a `UtcDateTime`) in a select list, read as above; still labelled `column.name`."""
-    return _UtcColumnRead(column).label(column.name)
+    return UtcColumnRead(column).label(column.name)
 
 
 def fast_read(column: sa.Column[Any]) -> sa.ColumnElement[Any]:

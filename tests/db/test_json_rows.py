@@ -1,0 +1,234 @@
+"""SQLite's JSON form of a listing's rows (db/repos/json_rows.py): the same values as the plain statement's,
+type for type, for every listing and page shape; a value the JSON form cannot decode goes to the plain
+statement; a column without a JSON form leaves the listing on the plain statement."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import databases
+import pytest
+import sqlalchemy as sa
+
+from minichat_host.db.prepared import Prepared
+from minichat_host.db.repos import chats as chats_repo
+from minichat_host.db.repos import messages as messages_repo
+from minichat_host.db.repos.json_rows import json_rows
+from minichat_host.db.repos.pagination import KeysetListing, KeysetOrder, _keyset_statements
+from minichat_host.db.tables import attachments, chats, message_attachments, message_reactions, messages
+
+SQLITE_ONLY = pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
+
+BASE = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+# Text JSON has to escape, and text that looks like JSON.
+TITLES = [
+    "plain",
+    'a "quoted" title with a \\ backslash',
+    "ünïcödé, 漢字 and an emoji 🎉",
+    "control \x01 characters\n\tand a newline",
+    "",
+    '{"looks": ["like", "json"]}',
+    None,
+]
+
+
+async def _populate(database: databases.Database) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    chat_ids = []
+    for number, title in enumerate(TITLES):
+        chat_id = uuid.uuid4()
+        chat_ids.append(chat_id)
+        await database.execute(
+            chats.insert().values(
+                id=chat_id,
+                tenant_id=tenant,
+                user_id=user,
+                model=f"model-{number}",
+                title=title,
+                is_temporary=number % 2 == 1,
+                created_at=BASE + dt.timedelta(seconds=number),
+                # No microseconds on some: still six digits stored, and read back the same.
+                updated_at=BASE + dt.timedelta(hours=1, microseconds=0 if number % 3 else 999_999 - number),
+            )
+        )
+    chat_id = chat_ids[0]
+    attachment_id = uuid.uuid4()
+    await database.execute(
+        attachments.insert().values(
+            id=attachment_id,
+            tenant_id=tenant,
+            chat_id=chat_id,
+            uploaded_by_user_id=user,
+            filename="a.txt",
+            content_type="text/plain",
+            status="ready",
+            attachment_kind="document",
+            created_at=BASE,
+            updated_at=BASE,
+        )
+    )
+    for number in range(6):
+        message_id = uuid.uuid4()
+        await database.execute(
+            messages.insert().values(
+                id=message_id,
+                tenant_id=tenant,
+                chat_id=chat_id,
+                request_id=uuid.uuid4(),
+                role="user" if number % 2 == 0 else "assistant",
+                content=TITLES[number] or "",
+                model=None if number % 2 == 0 else "model",
+                input_tokens=0 if number % 2 == 0 else 10 + number,
+                output_tokens=0 if number % 2 == 0 else 2**40 + number,
+                created_at=BASE + dt.timedelta(microseconds=number),
+            )
+        )
+        if number in (1, 2):
+            await database.execute(
+                message_reactions.insert().values(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant,
+                    message_id=message_id,
+                    user_id=user,
+                    reaction="like" if number == 1 else "dislike",
+                    created_at=BASE,
+                )
+            )
+        if number == 3:
+            await database.execute(
+                message_attachments.insert().values(
+                    tenant_id=tenant,
+                    chat_id=chat_id,
+                    message_id=message_id,
+                    attachment_id=attachment_id,
+                    created_at=BASE,
+                )
+            )
+    return tenant, user, chat_id
+
+
+def _plain(prepared: Prepared) -> Prepared:
+    return Prepared(prepared.statement, f"{prepared.name} (plain)")
+
+
+def _typed(rows: Sequence[Sequence[Any]]) -> list[list[tuple[type[Any], Any]]]:
+    """Each value with its exact type: equal values of other types (1 and True, a naive datetime) differ."""
+    return [[(type(value), value) for value in row] for row in rows]
+
+
+def _shapes(
+    listing: KeysetListing, orders: Sequence[KeysetOrder]
+) -> list[tuple[KeysetOrder, bool, bool, bool]]:
+    return [
+        (order, forward, inclusive, has_cursor)
+        for order in orders
+        for forward in (True, False)
+        for has_cursor in (False, True)
+        for inclusive in ((False, True) if has_cursor else (False,))
+    ]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("listing", "orders"),
+    [
+        (chats_repo._LISTING, [chats_repo.ORDER_UPDATED_DESC, chats_repo.ORDER_UPDATED_ASC]),
+        (messages_repo._LISTING, [messages_repo.ORDER_CREATED_ASC]),
+        (messages_repo._OWNED_LISTING, [messages_repo.ORDER_CREATED_ASC]),
+    ],
+    ids=["chats", "messages", "owned messages"],
+)
+async def test_json_rows_are_the_plain_statements_values(
+    database: databases.Database,
+    caplog: pytest.LogCaptureFixture,
+    listing: KeysetListing,
+    orders: Sequence[KeysetOrder],
+) -> None:
+    tenant, user, chat_id = await _populate(database)
+    scope: dict[str, Any] = {"tenant_id": tenant, "user_id": user, "chat_id": chat_id}
+    if listing is messages_repo._LISTING:
+        del scope["user_id"]
+    if listing is chats_repo._LISTING:
+        del scope["chat_id"]
+    caplog.set_level(logging.DEBUG, logger="minichat_host.db.engine")
+    for order, forward, inclusive, has_cursor in _shapes(listing, orders):
+        prepared, _ = _keyset_statements(listing, order, forward, inclusive, has_cursor)
+        assert prepared.json_rows is not None
+        values = dict(scope, page_limit=50)
+        if has_cursor:  # a position in the middle of the listing
+            first, _ = _keyset_statements(listing, order, True, False, False)
+            middle = (await _plain(first).fetch_values(database, **values))[2]
+            names = [column.name for column in listing.columns]
+            values["k_primary"] = middle[names.index(order.primary.name)]
+            values["k_tiebreak"] = middle[names.index(order.tiebreak.name)]
+        expected = await _plain(prepared).fetch_values(database, **values)
+        read = await prepared.fetch_values(database, **values)
+        assert len(expected) >= 2
+        assert _typed(read) == _typed(expected), (order.name, forward, inclusive, has_cursor)
+        # The JSON statement is what ran (compiled on first use), and it needed no help.
+        assert ("sqlite", None) in prepared.json_rows.prepared._forms
+    assert "read by the plain statement" not in caplog.text
+
+
+@SQLITE_ONLY
+async def test_the_json_rows_of_the_owners_listing_carry_their_extras(database: databases.Database) -> None:
+    tenant, user, chat_id = await _populate(database)
+    prepared, _ = _keyset_statements(
+        messages_repo._OWNED_LISTING, messages_repo.ORDER_CREATED_ASC, True, False, False
+    )
+    scope = {"tenant_id": tenant, "chat_id": chat_id}
+    rows = await prepared.fetch_values(database, user_id=user, page_limit=9, **scope)
+    assert [row[-2:] for row in rows] == [
+        (None, False),
+        ("like", False),
+        ("dislike", False),
+        (None, True),
+        (None, False),
+        (None, False),
+    ]
+    assert [type(row[5]) for row in rows] == [int] * 6 and rows[1][6] == 2**40 + 1
+    # Another owner: the folded owner check leaves the page empty.
+    assert not await prepared.fetch_values(database, user_id=uuid.uuid4(), page_limit=9, **scope)
+
+
+@SQLITE_ONLY
+async def test_a_value_the_json_form_cannot_decode_is_read_by_the_plain_statement(
+    database: databases.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant, user, _ = await _populate(database)
+    # Written by another tool: a timestamp with its offset, and a boolean stored as 2.
+    await database.execute(
+        sa.text(
+            "UPDATE chats SET updated_at = '2026-03-01T11:00:00.5+02:00', is_temporary = 2"
+            " WHERE title = 'plain'"
+        )
+    )
+    prepared, _ = _keyset_statements(chats_repo._LISTING, chats_repo.ORDER_UPDATED_DESC, True, False, False)
+    caplog.set_level(logging.DEBUG, logger="minichat_host.db.engine")
+    read = await prepared.fetch_values(database, tenant_id=tenant, user_id=user, page_limit=50)
+    assert "read by the plain statement" in caplog.text
+    expected = await _plain(prepared).fetch_values(database, tenant_id=tenant, user_id=user, page_limit=50)
+    assert _typed(read) == _typed(expected)
+    odd = next(row for row in read if row[2] == "plain")
+    assert odd[3] is True and odd[5] == dt.datetime(2026, 3, 1, 9, 0, 0, 500_000, tzinfo=dt.UTC)
+    # The page's service answer is the same as ever.
+    page = await chats_repo.list_page(
+        database,
+        tenant,
+        user,
+        order=chats_repo.ORDER_UPDATED_DESC,
+        limit=50,
+        cursor=None,
+        build=chats_repo.counted_chats(tenant, user),
+    )
+    assert [item.chat.title for item in page.items] == [row[2] for row in expected]
+
+
+def test_a_column_without_a_json_form_leaves_the_plain_statement() -> None:
+    columns = (chats.c.id, sa.literal_column("1.5", sa.Float).label("ratio"))
+    assert json_rows(columns, lambda row: sa.select(row).select_from(chats), "with a float") is None
+    assert json_rows((chats.c.id,), lambda row: sa.select(row).select_from(chats), "ids") is not None
