@@ -17,9 +17,18 @@ import sqlalchemy as sa
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos import messages as messages_repo
+from minichat_host.db.repos import quota_ledger
 from minichat_host.db.repos.json_rows import json_rows
 from minichat_host.db.repos.pagination import KeysetListing, KeysetOrder, _keyset_statements
-from minichat_host.db.tables import attachments, chats, message_attachments, message_reactions, messages
+from minichat_host.db.tables import (
+    attachments,
+    chats,
+    message_attachments,
+    message_reactions,
+    messages,
+    quota_usage,
+)
+from minichat_host.domain.models import Period
 
 SQLITE_ONLY = pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
 
@@ -229,6 +238,44 @@ async def test_a_value_the_json_form_cannot_decode_is_read_by_the_plain_statemen
 
 
 def test_a_column_without_a_json_form_leaves_the_plain_statement() -> None:
-    columns = (chats.c.id, sa.literal_column("1.5", sa.Float).label("ratio"))
-    assert json_rows(columns, lambda row: sa.select(row).select_from(chats), "with a float") is None
-    assert json_rows((chats.c.id,), lambda row: sa.select(row).select_from(chats), "ids") is not None
+    with_a_float = sa.select(chats.c.id, sa.literal_column("1.5", sa.Float).label("ratio")).select_from(chats)
+    assert json_rows(with_a_float, "with a float") is None
+    assert json_rows(sa.select(chats.c.id), "ids") is not None
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("for_update", [False, True])
+async def test_the_quota_rows_read_as_json_are_the_plain_statements(
+    database: databases.Database, caplog: pytest.LogCaptureFixture, for_update: bool
+) -> None:
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    day, month = dt.date(2026, 3, 1), dt.date(2026, 3, 1)
+    for period_type, start in (("daily", day), ("monthly", month), ("daily", dt.date(2026, 2, 28))):
+        for number, bucket in enumerate(("total", "premium")):
+            await database.execute(
+                quota_usage.insert().values(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant,
+                    user_id=user,
+                    period_type=period_type,
+                    period_start=start,
+                    bucket=bucket,
+                    spent_credits_micro=2**53 + number,  # past a double's integers
+                    reserved_credits_micro=number,
+                    web_search_calls=3,
+                    updated_at=BASE,
+                )
+            )
+    prepared = quota_ledger._usage_statement(2, for_update)
+    assert prepared.json_rows is not None
+    values = {"tenant_id": tenant, "user_id": user}
+    values.update(type_0="daily", start_0=day, type_1="monthly", start_1=month)
+    caplog.set_level(logging.DEBUG, logger="minichat_host.db.engine")
+    read = await prepared.fetch_values(database, **values)
+    expected = await _plain(prepared).fetch_values(database, **values)
+    assert len(read) == 4 and sorted(_typed(read)) == sorted(_typed(expected))
+    assert {row[1] for row in read} == {day} and {row[3] for row in read} == {2**53, 2**53 + 1}
+    assert "read by the plain statement" not in caplog.text
+    periods = [Period("daily", day), Period("monthly", month)]
+    usage = await quota_ledger.load_usage(database, tenant, user, periods, for_update=for_update)
+    assert usage[("daily", day, "total")].spent_credits_micro == 2**53

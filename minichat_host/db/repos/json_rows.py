@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,28 +69,26 @@ def _json_value(element: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any], 
             value=inner,
             else_=inner,
         ), bool
-    if isinstance(kind, sa.Integer):
+    if isinstance(kind, sa.Integer):  # BigInteger included
         return inner, int
+    if isinstance(kind, sa.Date) and not isinstance(kind, sa.DateTime):  # stored `YYYY-MM-DD`
+        return inner, dt.date
     if isinstance(kind, sa.String):  # Text and Enum included
         return inner, str
     raise TypeError(f"no JSON row form for {element} ({kind!r})")
 
 
-def json_rows(
-    columns: Sequence[sa.ColumnElement[Any]],
-    build: Callable[[sa.ColumnElement[Any]], sa.Select[Any]],
-    name: str,
-) -> JsonRows | None:
-    """The JSON form of a statement selecting `columns`: `build` makes the statement around a select list
-    of one element. None when a column has no JSON form (the plain statement is then used everywhere)."""
+def json_rows(statement: sa.Select[Any], name: str) -> JsonRows | None:
+    """The JSON form of `statement`: the same statement selecting one `json_array` of its columns. None when
+    a column has no JSON form (the plain statement is then used everywhere)."""
     try:
-        values = [_json_value(column) for column in columns]
+        values = [_json_value(column) for column in statement.selected_columns]
     except TypeError:
         return None
     # Every value may be NULL (a nullable column, a scalar subquery without a row): as in the plain form.
     row_type: Any = tuple[tuple(kind | None for _, kind in values)]  # type: ignore[misc]
-    statement = build(sa.func.json_array(*[expression for expression, _ in values]).label("row"))
+    row = sa.func.json_array(*[expression for expression, _ in values]).label("row")
     return JsonRows(
-        Prepared(statement, f"{name} (json rows)", dialect="sqlite"),
+        Prepared(statement.with_only_columns(row), f"{name} (json rows)", dialect="sqlite"),
         msgspec.json.Decoder(list[row_type]),
     )

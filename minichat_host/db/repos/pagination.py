@@ -213,16 +213,14 @@ def _keyset_statements(
         probe = Prepared(behind.limit(1), f"{shape} behind (inclusive={inclusive})")
         shape = f"{shape} after (inclusive={inclusive})"
 
-    def page_query(*select_list: sa.ColumnElement[Any]) -> sa.Select[Any]:
-        query = sa.select(*select_list).where(listing.scope)
-        if after is not None:
-            query = query.where(after)
-        return query.order_by(*order.order_by(reverse=not forward)).limit(
-            sa.bindparam("page_limit", type_=sa.Integer)
-        )
-
-    rows = Prepared(page_query(*listing.columns), shape)
-    rows.json_rows = json_rows(listing.columns, page_query, shape)  # SQLite's (db/repos/json_rows.py)
+    query = sa.select(*listing.columns).where(listing.scope)
+    if after is not None:
+        query = query.where(after)
+    query = query.order_by(*order.order_by(reverse=not forward)).limit(
+        sa.bindparam("page_limit", type_=sa.Integer)
+    )
+    rows = Prepared(query, shape)
+    rows.json_rows = json_rows(query, shape)  # SQLite's (db/repos/json_rows.py)
     return rows, probe
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from minichat_host.db.prepared import Prepared
+from minichat_host.db.repos.json_rows import json_rows
 from minichat_host.db.tables import quota_usage
 from minichat_host.domain.models import BucketDelta, Period, UsageKey, UsageRow
 
@@ -109,7 +110,10 @@ def _usage_statement(period_count: int, for_update: bool) -> Prepared:
         query = query.order_by(
             quota_usage.c.period_type, quota_usage.c.period_start, quota_usage.c.bucket
         ).with_for_update()
-    return Prepared(query, f"usage of {period_count} periods (for update: {for_update})")
+    name = f"usage of {period_count} periods (for update: {for_update})"
+    prepared = Prepared(query, name)
+    prepared.json_rows = json_rows(query, name)  # SQLite's (db/repos/json_rows.py)
+    return prepared
 
 
 # A day and a month, the periods of every turn and quota status: built now, so start-up compiles them.
