@@ -6,7 +6,8 @@ out 5% low: background work landing in or out of the window; repeat a pair befor
 under ~5%). This script runs one minichat process
 (SQLite, the production-like settings of bench/common.py) under `valgrind --tool=callgrind` with
 instrumentation off, streams `--warmup` turns, switches counting on (`callgrind_control -i on`), streams
-`--turns` sequential turns of `--tokens` tokens against the fake provider, waits for their finalization and
+`--turns` sequential turns of `--tokens` tokens against the fake provider (each in a new chat; with
+`--one-chat` all in one chat, whose growing history each turn reads back), waits for their finalization and
 outbox delivery, and dumps the count. Everything the process runs in that window is counted (the event
 loop, the relay, turn starts, finalizations, the outbox, the plugins' threads), and the event loop's
 thread is also reported alone (`--separate-threads=yes`); the kernel's share of system calls is not.
@@ -62,9 +63,10 @@ READY_SECONDS = 600.0
 
 
 async def count_instructions(
-    checkout: Path, fake_url: str, log_dir: Path, *, warmup: int, turns: int
+    checkout: Path, fake_url: str, log_dir: Path, *, warmup: int, turns: int, one_chat: bool = False
 ) -> dict[str, float]:
-    """Instructions per turn of the server from `checkout` (callgrind), and its CPU seconds per turn."""
+    """Instructions per turn of the server from `checkout` (callgrind), and its CPU seconds per turn;
+    `one_chat`: every turn in the same chat, which grows a history the turns read back."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"data-{checkout.name}-", dir=log_dir))
     port = free_port()
     config = minichat_config(data_dir, f"sqlite:///{data_dir}/minichat.db", fake_url, port)
@@ -91,7 +93,9 @@ async def count_instructions(
             await _wait_ready(session, url, process)
             user = user_id(0)
             headers = {"Authorization": f"Bearer {mint_token(user)}", "Content-Type": "application/json"}
-            chats = (await create_chats(url, [user], warmup + turns, concurrency=1))[user]
+            chats = (await create_chats(url, [user], 1 if one_chat else warmup + turns, concurrency=1))[user]
+            if one_chat:
+                chats = chats * (warmup + turns)
             body = msgspec.json.encode({"content": "Tell me a story."})
 
             async def turn(chat: str) -> None:
@@ -180,7 +184,7 @@ async def main(args: argparse.Namespace) -> int:
         for name, checkout in checkouts:
             log(f"{name}: {checkout} under callgrind, {args.warmup} + {args.turns} turns")
             results[name] = await count_instructions(
-                checkout, fake.url, log_dir, warmup=args.warmup, turns=args.turns
+                checkout, fake.url, log_dir, warmup=args.warmup, turns=args.turns, one_chat=args.one_chat
             )
     finally:
         fake.stop()
@@ -201,7 +205,9 @@ async def main(args: argparse.Namespace) -> int:
                 f"{result['cpu_ms_per_turn']:.0f} ms (under valgrind)",
             ]
         )
-    print(f"== instructions per streamed turn ({args.tokens} tokens, {args.token_gap_ms} ms apart) ==")
+    where = "in one chat" if args.one_chat else "each in a new chat"
+    gap = args.token_gap_ms
+    print(f"== instructions per streamed turn ({args.tokens} tokens, {gap} ms apart, {where}) ==")
     print(table(["checkout", "all threads", "ratio", "event loop thread", "ratio", "server CPU"], rows))
     path = save_results("instructions", {"args": vars(args), "results": results})
     log(f"results: {path}")
@@ -218,6 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="turns before counting starts")
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--token-gap-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--one-chat",
+        action="store_true",
+        help="every turn in one chat (its history grows and is read back; by default a new chat per turn)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs, data and callgrind dumps")
     return parser.parse_args(argv)
 

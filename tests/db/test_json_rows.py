@@ -18,6 +18,7 @@ from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos import messages as messages_repo
 from minichat_host.db.repos import quota_ledger
+from minichat_host.db.repos import turns as turns_repo
 from minichat_host.db.repos.json_rows import json_rows
 from minichat_host.db.repos.pagination import KeysetListing, KeysetOrder, _keyset_statements
 from minichat_host.db.tables import (
@@ -279,3 +280,24 @@ async def test_the_quota_rows_read_as_json_are_the_plain_statements(
     periods = [Period("daily", day), Period("monthly", month)]
     usage = await quota_ledger.load_usage(database, tenant, user, periods, for_update=for_update)
     assert usage[("daily", day, "total")].spent_credits_micro == 2**53
+
+
+@SQLITE_ONLY
+async def test_the_context_history_read_as_json_is_the_records(database: databases.Database) -> None:
+    _, _, chat_id = await _populate(database)
+    statement = turns_repo._CONTEXT_HISTORY[False, False]
+    assert statement.json_rows is not None
+    values = {
+        "chat_id": chat_id,
+        "boundary_at": BASE + dt.timedelta(hours=1),
+        "boundary_id": uuid.UUID(int=2**128 - 1),
+        "limit": 50,
+    }
+    read = [turns_repo._history_row(row) for row in await statement.fetch_values(database, **values)]
+    records = await _plain(statement).fetch_all(database, **values)
+    expected = [turns_repo.MessageRow.from_record(record) for record in records]
+    assert len(read) == 6 and read == expected
+    for row, reference in zip(read, expected, strict=True):
+        for name in turns_repo.MessageRow.__slots__:
+            assert type(getattr(row, name)) is type(getattr(reference, name)), name
+    assert {row.content for row in read} == {title or "" for title in TITLES[:6]}

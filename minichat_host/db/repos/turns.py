@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from minichat_host.db.prepared import Prepared
 from minichat_host.db.repos import chats as chats_repo
 from minichat_host.db.repos.common import as_utc, as_uuid, row_record
+from minichat_host.db.repos.json_rows import json_rows
 from minichat_host.db.repos.reads import fast_read, fast_utc, fast_uuid
 from minichat_host.db.tables import (
     UtcDateTime,
@@ -810,8 +811,25 @@ async def context_history(
     if exclude_request_id is not None:
         values["exclude_request_id"] = exclude_request_id
     statement = _CONTEXT_HISTORY[frontier is not None, exclude_request_id is not None]
-    records = await statement.fetch_all(db, **values)
-    return [MessageRow.from_record(r) for r in reversed(records)]
+    rows = await statement.fetch_values(db, **values)
+    return [_history_row(row) for row in reversed(rows)]
+
+
+def _history_row(values: Sequence[Any]) -> MessageRow:
+    """A MessageRow from the values of _MESSAGE_COLUMNS by position, normalized as `from_record` does."""
+    id_, chat_id, request_id, role, content, model, ins, outs, created_at, deleted_at = values
+    return MessageRow(
+        as_uuid(id_),
+        as_uuid(chat_id),
+        None if request_id is None else as_uuid(request_id),
+        role,
+        content,
+        model,
+        ins,
+        outs,
+        fast_utc(created_at),
+        None if deleted_at is None else fast_utc(deleted_at),
+    )
 
 
 def after_position(rows: list[MessageRow], position: Boundary) -> list[MessageRow]:
@@ -847,7 +865,10 @@ def _context_history(with_frontier: bool, with_exclusion: bool) -> Prepared:
     if with_exclusion:
         query = query.where(messages.c.request_id != sa.bindparam("exclude_request_id"))
     query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(sa.bindparam("limit"))
-    return Prepared(query, f"context history (frontier={with_frontier}, exclusion={with_exclusion})")
+    name = f"context history (frontier={with_frontier}, exclusion={with_exclusion})"
+    prepared = Prepared(query, name)
+    prepared.json_rows = json_rows(query, name)  # SQLite's (db/repos/json_rows.py): a turn reads it first
+    return prepared
 
 
 def _position_or(
