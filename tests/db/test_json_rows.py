@@ -28,6 +28,7 @@ from minichat_host.db.tables import (
     message_reactions,
     messages,
     quota_usage,
+    thread_summaries,
 )
 from minichat_host.domain.models import Period
 
@@ -301,3 +302,43 @@ async def test_the_context_history_read_as_json_is_the_records(database: databas
         for name in turns_repo.MessageRow.__slots__:
             assert type(getattr(row, name)) is type(getattr(reference, name)), name
     assert {row.content for row in read} == {title or "" for title in TITLES[:6]}
+
+
+@SQLITE_ONLY
+async def test_a_sends_first_look_read_as_json_is_the_plain_statements(database: databases.Database) -> None:
+    tenant, user, chat_id = await _populate(database)
+    statement = turns_repo._FIRST_LOOK
+    assert statement.json_rows is not None
+    empty_chat = await database.fetch_val(
+        sa.select(chats.c.id).where(chats.c.tenant_id == tenant, chats.c.id != chat_id).limit(1)
+    )
+
+    async def both(chat: uuid.UUID) -> tuple[list[Any], list[Any]]:
+        values = {"chat_id": chat, "tenant_id": tenant, "user_id": user, "request_id": uuid.uuid4()}
+        read = await statement.fetch_values(database, **values)
+        expected = await _plain(statement).fetch_values(database, **values)
+        return _typed(read), _typed(expected)
+
+    for chat in (chat_id, empty_chat):
+        read, expected = await both(chat)
+        assert len(read) == 1 and read == expected
+    await database.execute(
+        thread_summaries.insert().values(
+            id=uuid.uuid4(),
+            tenant_id=tenant,
+            chat_id=chat_id,
+            summary_text='so far: 🎉 "quoted"',
+            summarized_up_to_message_id=uuid.uuid4(),
+            summarized_up_to_created_at=BASE + dt.timedelta(microseconds=3),
+            token_estimate=42,
+            created_at=BASE,
+            updated_at=BASE,
+        )
+    )
+    read, expected = await both(chat_id)
+    assert read == expected
+    look = await turns_repo.first_look(database, tenant, user, chat_id, uuid.uuid4())
+    assert look is not None and look.summary is not None and look.summary.token_estimate == 42
+    assert look.summary.frontier.created_at == BASE + dt.timedelta(microseconds=3)
+    assert look.boundary is not None and look.boundary.created_at == BASE + dt.timedelta(microseconds=5)
+    assert await turns_repo.first_look(database, tenant, uuid.uuid4(), chat_id, uuid.uuid4()) is None

@@ -289,21 +289,20 @@ class OwnedTurnStatus:
     updated_at: dt.datetime
 
 
-_OWNED_TURN_STATUS = Prepared(
-    sa.select(
-        fast_read(chat_turns.c.requester_user_id),
-        chat_turns.c.state,
-        chat_turns.c.error_code,
-        fast_read(chat_turns.c.assistant_message_id),
-        fast_read(chat_turns.c.updated_at),
-    ).where(
-        chat_turns.c.chat_id == sa.bindparam("chat_id"),
-        chat_turns.c.request_id == sa.bindparam("request_id"),
-        # Uncorrelated: evaluated once, on the chats primary key.
-        sa.exists().where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
-    ),
-    "owned turn status",
+_OWNED_TURN_STATUS_QUERY: Final = sa.select(
+    fast_read(chat_turns.c.requester_user_id),
+    chat_turns.c.state,
+    chat_turns.c.error_code,
+    fast_read(chat_turns.c.assistant_message_id),
+    fast_read(chat_turns.c.updated_at),
+).where(
+    chat_turns.c.chat_id == sa.bindparam("chat_id"),
+    chat_turns.c.request_id == sa.bindparam("request_id"),
+    # Uncorrelated: evaluated once, on the chats primary key.
+    sa.exists().where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
 )
+_OWNED_TURN_STATUS: Final = Prepared(_OWNED_TURN_STATUS_QUERY, "owned turn status")
+_OWNED_TURN_STATUS.json_rows = json_rows(_OWNED_TURN_STATUS_QUERY, "owned turn status")  # get turn's read
 
 
 async def owned_turn_status(
@@ -316,12 +315,12 @@ async def owned_turn_status(
     """The status columns of (chat_id, request_id), soft-deleted turns included, when the chat is the
     owner's live chat; None otherwise (the caller tells a missing chat from a missing turn). One statement
     instead of the chat read and the 31-column turn read."""
-    row = await _OWNED_TURN_STATUS.fetch_one(
+    rows = await _OWNED_TURN_STATUS.fetch_values(
         db, chat_id=chat_id, request_id=request_id, tenant_id=tenant_id, user_id=user_id
     )
-    if row is None:
+    if not rows:
         return None
-    requester, state, error_code, assistant_message_id, updated_at = row.values()
+    requester, state, error_code, assistant_message_id, updated_at = rows[0]
     return OwnedTurnStatus(
         requester_user_id=None if requester is None else fast_uuid(requester),
         state=state,
@@ -1070,7 +1069,7 @@ def _newest_live(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
     )
 
 
-_FIRST_LOOK = Prepared(
+_FIRST_LOOK_QUERY: Final = (
     sa.select(
         *chats_repo.OWNED_CHAT_COLUMNS,
         sa.exists()
@@ -1103,9 +1102,11 @@ _FIRST_LOOK = Prepared(
         thread_summaries.c.summarized_up_to_message_id,
     )
     .select_from(chats.outerjoin(thread_summaries, thread_summaries.c.chat_id == chats.c.id))
-    .where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE),
-    "first look",
+    .where(chats.c.id == sa.bindparam("chat_id"), chats_repo.OWNED_LIVE)
 )
+_FIRST_LOOK: Final = Prepared(_FIRST_LOOK_QUERY, "first look")
+# Seventeen columns: SQLite's JSON form reads them as one (db/repos/json_rows.py).
+_FIRST_LOOK.json_rows = json_rows(_FIRST_LOOK_QUERY, "first look")
 
 
 async def first_look(
@@ -1119,12 +1120,12 @@ async def first_look(
     `request_id` has a turn in it (soft-deleted ones included), whether a live turn runs, whether it has
     ready documents, its vector store, and its thread summary. One statement, so one snapshot (and one
     round trip on PostgreSQL) instead of six reads."""
-    row = await _FIRST_LOOK.fetch_one(
+    rows = await _FIRST_LOOK.fetch_values(
         db, chat_id=chat_id, tenant_id=tenant_id, user_id=user_id, request_id=request_id
     )
-    if row is None:
+    if not rows:
         return None
-    values = row.values()
+    values = rows[0]
     store, newest_at, newest_id, prior, summary_text, summary_tokens, summary_at, summary_id = values[9:17]
     return FirstLook(
         chat=chats_repo.owned_chat(tenant_id, user_id, values),
