@@ -27,6 +27,7 @@ from minichat_host import constants
 from minichat_host.config import QuotaConfig
 from minichat_host.db.repos import quota_ledger
 from minichat_host.domain.errors import ModelNotFound, PolicyUnavailable
+from minichat_host.domain.ids import uuid_text
 from minichat_host.domain.quota import QuotaStatusResponse, periods_for, quota_status
 from minichat_host.domain.wire import Model, ModelList
 from minichat_host.plugins.types import ModelCatalogEntry, PolicySnapshot, UserLimits
@@ -116,15 +117,18 @@ class CatalogService:
 
     async def current_version(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> int:
         return await self._call(
-            "minichat_get_current_policy_version", int, tenant_id=str(tenant_id), user_id=str(user_id)
+            "minichat_get_current_policy_version",
+            int,
+            tenant_id=uuid_text(tenant_id),
+            user_id=uuid_text(user_id),
         )
 
     async def snapshot(self, tenant_id: uuid.UUID, user_id: uuid.UUID, policy_version: int) -> PolicySnapshot:
         return await self._call(
             "minichat_get_policy_snapshot",
             PolicySnapshot,
-            tenant_id=str(tenant_id),
-            user_id=str(user_id),
+            tenant_id=uuid_text(tenant_id),
+            user_id=uuid_text(user_id),
             policy_version=policy_version,
         )
 
@@ -132,8 +136,8 @@ class CatalogService:
         return await self._call(
             "minichat_get_user_limits",
             UserLimits,
-            tenant_id=str(tenant_id),
-            user_id=str(user_id),
+            tenant_id=uuid_text(tenant_id),
+            user_id=uuid_text(user_id),
             policy_version=policy_version,
         )
 

@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from minichat_host.domain.billing import Billing, dedupe_key
+from minichat_host.domain.ids import uuid_text
 from minichat_host.domain.quota import QuotaWarning
 from minichat_host.plugins.types import (
     AuditAttachment,
@@ -228,11 +229,11 @@ def usage_event(
 ) -> UsageEvent:
     """The usage event of a finalized user turn; `usage` only when billed on actual usage."""
     return UsageEvent(
-        tenant_id=str(facts.tenant_id),
-        user_id=str(facts.user_id),
-        chat_id=str(facts.chat_id),
-        turn_id=str(facts.turn_id),
-        request_id=str(facts.request_id),
+        tenant_id=uuid_text(facts.tenant_id),
+        user_id=uuid_text(facts.user_id),
+        chat_id=uuid_text(facts.chat_id),
+        turn_id=uuid_text(facts.turn_id),
+        request_id=uuid_text(facts.request_id),
         effective_model=facts.effective_model,
         selected_model=facts.selected_model,
         terminal_state=terminal_state,
@@ -272,11 +273,11 @@ def turn_audit_event(
     return TurnAuditEvent(
         event_type="turn_completed" if completed else "turn_failed",
         timestamp=rfc3339(now),
-        tenant_id=str(facts.tenant_id),
-        user_id=str(facts.user_id),
-        chat_id=str(facts.chat_id),
-        turn_id=str(facts.turn_id),
-        request_id=str(facts.request_id),
+        tenant_id=uuid_text(facts.tenant_id),
+        user_id=uuid_text(facts.user_id),
+        chat_id=uuid_text(facts.chat_id),
+        turn_id=uuid_text(facts.turn_id),
+        request_id=uuid_text(facts.request_id),
         selected_model=facts.selected_model,
         effective_model=facts.effective_model,
         policy_version_applied=facts.policy_version_applied,
@@ -322,12 +323,12 @@ def mutation_audit_event(
     return TurnMutationAuditEvent(
         event_type=kind,
         timestamp=rfc3339(now),
-        tenant_id=str(tenant_id),
-        actor_user_id=str(actor_user_id),
-        chat_id=str(chat_id),
-        turn_id=str(old_turn_id),
-        original_request_id=str(original_request_id),
-        new_request_id=str(new_request_id),
+        tenant_id=uuid_text(tenant_id),
+        actor_user_id=uuid_text(actor_user_id),
+        chat_id=uuid_text(chat_id),
+        turn_id=uuid_text(old_turn_id),
+        original_request_id=uuid_text(original_request_id),
+        new_request_id=uuid_text(new_request_id),
         trace_id=trace_id,
     )
 
@@ -345,10 +346,10 @@ def delete_audit_event(
     return TurnDeleteAuditEvent(
         event_type="turn_delete",
         timestamp=rfc3339(now),
-        tenant_id=str(tenant_id),
-        actor_user_id=str(actor_user_id),
-        chat_id=str(chat_id),
-        turn_id=str(turn_id),
-        request_id=str(request_id),
+        tenant_id=uuid_text(tenant_id),
+        actor_user_id=uuid_text(actor_user_id),
+        chat_id=uuid_text(chat_id),
+        turn_id=uuid_text(turn_id),
+        request_id=uuid_text(request_id),
         trace_id=trace_id,
     )
