@@ -30,10 +30,10 @@ from minichat_host.db.tables import UtcDateTime
 
 
 def _rfc3339(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """A stored timestamp (naive UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`) as RFC 3339: the space a `T`, a `Z`
-    at the end (NULL stays NULL: `NULL || 'Z'` is NULL). Literals, not bound values: the SQL is fixed."""
-    text = sa.func.replace(column, sa.literal_column("' '"), sa.literal_column("'T'"))
-    return text.op("||")(sa.literal_column("'Z'"))
+    """A stored timestamp (naive UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`) as RFC 3339 in UTC: a `Z` at the end
+    (RFC 3339 allows the space for the `T`, and msgspec takes it; NULL stays NULL: `NULL || 'Z'` is NULL).
+    A literal, not a bound value: the SQL is fixed."""
+    return column.op("||")(sa.literal_column("'Z'"))
 
 
 @dataclass(frozen=True, slots=True)
