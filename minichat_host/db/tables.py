@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
+
+_to_builtins: Final = msgspec.to_builtins
 
 metadata = sa.MetaData(
     naming_convention={
@@ -57,14 +60,21 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 def sqlite_utc_text(value: dt.datetime | None) -> str | None:
     """What `UtcDateTime` stores on SQLite for `value`: naive UTC text, `YYYY-MM-DD HH:MM:SS.ffffff` as
-    SQLAlchemy's DATETIME writes it, in half its time (a timestamp is bound in most writes of a turn)."""
+    SQLAlchemy's DATETIME writes it (six digits always: the stored text is compared and ordered as text).
+
+    A turn binds ~20 timestamps. `datetime.isoformat` builds its text through `PyUnicode_FromFormat`
+    (~10 k instructions, ~1.1 µs); msgspec's encoder gives RFC 3339 (`YYYY-MM-DDTHH:MM:SS.ffffffZ` for an
+    aware UTC value with microseconds) in ~0.2 µs, and the usual case is cut from that."""
     if value is None:
         return None
     if value.tzinfo is not dt.UTC:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UtcDateTime column")
         value = value.astimezone(dt.UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    text: str = _to_builtins(value)
+    if len(text) == 27:  # a four-digit year, microseconds, the Z
+        return f"{text[:10]} {text[11:26]}"
+    return value.isoformat(" ", "microseconds")[:26]  # no microseconds (msgspec omits them), odd years
 
 
 def _live(cond: str = "deleted_at IS NULL") -> dict[str, Any]:

@@ -27,8 +27,8 @@ from minichat_host import constants
 from minichat_host.config import QuotaConfig
 from minichat_host.db.repos import quota_ledger
 from minichat_host.domain.errors import ModelNotFound, PolicyUnavailable
-from minichat_host.domain.ids import uuid_text
 from minichat_host.domain.quota import QuotaStatusResponse, periods_for, quota_status
+from minichat_host.domain.texts import uuid_text
 from minichat_host.domain.wire import Model, ModelList
 from minichat_host.plugins.types import ModelCatalogEntry, PolicySnapshot, UserLimits
 

@@ -16,8 +16,8 @@ from typing import Any, Final, Literal
 import msgspec
 
 from minichat_host.domain.billing import Billing, dedupe_key
-from minichat_host.domain.ids import uuid_text
 from minichat_host.domain.quota import QuotaWarning
+from minichat_host.domain.texts import rfc3339, uuid_text
 from minichat_host.plugins.types import (
     AuditAttachment,
     AuditUsage,
@@ -197,11 +197,6 @@ def error(code: str, message: str) -> SseFrame:
 
 
 # --- outbox events ------------------------------------------------------------------------------------
-def rfc3339(moment: dt.datetime) -> str:
-    """UTC with microseconds and a `Z` suffix."""
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class TurnFacts:
     """Who and what a turn is, as the usage and audit events name it."""

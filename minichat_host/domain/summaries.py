@@ -41,6 +41,7 @@ from minichat_host.db.repos import summaries as repo
 from minichat_host.db.repos.common import Executor
 from minichat_host.db.repos.summaries import Frontier, RangeMessage
 from minichat_host.domain.context import summary_due
+from minichat_host.domain.texts import rfc3339
 from minichat_host.outbox.models import Delivery
 from minichat_host.outbox.routing import queue_timing
 from minichat_host.plugins.errors import PermanentError, TransientError
@@ -76,10 +77,6 @@ class ThreadSummaryTaskPayload(msgspec.Struct, kw_only=True, omit_defaults=True)
 
 def dedupe_key(tenant_id: uuid.UUID, system_request_id: uuid.UUID) -> str:
     return f"{tenant_id.hex}/{SYSTEM_TASK_TYPE}/{system_request_id.hex}"
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- the trigger --------------------------------------------------------------------------------------

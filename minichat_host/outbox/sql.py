@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import databases
 
+from minichat_host.db.tables import sqlite_utc_text
+
 DialectName = Literal["sqlite", "postgresql"]
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -47,11 +49,10 @@ def _numbered(args: Sequence[Any]) -> dict[str, Any]:
 
 def timestamp(dialect: DialectName, value: dt.datetime) -> Any:
     """A bind value for a UtcDateTime column."""
-    value = value.astimezone(dt.UTC)
     if dialect == "postgresql":
-        return value
-    # The same text as strftime("%Y-%m-%d %H:%M:%S.%f"), in a fifth of the time (two per enqueue).
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value.astimezone(dt.UTC)
+    # The same text as strftime("%Y-%m-%d %H:%M:%S.%f") and the column type's (two per enqueue).
+    return sqlite_utc_text(value)
 
 
 def parse_timestamp(value: Any) -> dt.datetime:

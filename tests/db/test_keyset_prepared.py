@@ -317,8 +317,14 @@ def test_sqlite_timestamp_writer_matches_sqlalchemys_chain(engine_name: str) -> 
         dt.datetime(2026, 3, 1, 9, 0, 0, tzinfo=dt.UTC),  # no microseconds: still six digits
         dt.datetime(2026, 3, 1, 1, 30, 0, 999999, tzinfo=plus_two),  # converted, across midnight
         dt.datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+        dt.datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 1, 9, 0, 0, 500000, tzinfo=dt.UTC),  # trailing zeros kept
+        dt.datetime(2026, 3, 1, 9, 0, 0, 1, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 1, 9, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(0))),  # UTC, not dt.UTC itself
         dt.datetime.now(dt.UTC),
     ]
+    values += [dt.datetime.now(dt.UTC) + dt.timedelta(microseconds=n * 7919) for n in range(500)]
     for value in values:
         expected = reference(column_type.process_bind_param(value, dialect))
         assert fast(value) == expected
